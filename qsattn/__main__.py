@@ -1,0 +1,3 @@
+from qsattn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""`python -m qsattn SUBCOMMAND`: one entry point for the whole harness.
+
+Each subcommand lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their subcommand is asked for, so `train` never pays for MLflow's
+import time of `report`, and the GPU machine (torch only) can still run `bench`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Add a subcommand by adding one line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("qsattn.train", "train one run from a YAML config (resumes if the run folder has a checkpoint)"),
+    "translate": ("qsattn.translate", "translate a whole folder or test split with a trained generator"),
+    "synthetic": ("qsattn.synthetic", "write the built-in synthetic dataset to disk"),
+    "data": ("qsattn.datasets", "download, verify and prepare a benchmark dataset"),
+    "eval": ("eval.cli", "FID/KID, segmentation and ground-truth scores of a run or two folders"),
+    "sweep": ("slurm.sweep", "run an experiment grid locally or on SLURM"),
+    "status": ("slurm.status", "show the cells of a sweep: pending, running, done, failed"),
+    "report": ("results.report", "build Table 1 and the plots from a sweep's MLflow runs"),
+    "bench": ("qsattn.bench", "time and measure memory of training steps and of the QS sampler"),
+    "methods": ("qsattn.methods", "list the methods and every option with its default"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m qsattn SUBCOMMAND [options]   (or: qsattn SUBCOMMAND ...)", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`python -m qsattn SUBCOMMAND --help` explains each one."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        print(f"error: unknown subcommand '{name}'.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m qsattn {name}", description=(module.__doc__ or help_).strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
