@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all demo bench clean-venv
+.PHONY: install test test-all demo bench clean-venv data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,3 +22,8 @@ test-all: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Download, verify and prepare a dataset: `make data DATASET=horse2zebra` (see `python -m qsattn data --list`).
+DATASET ?= horse2zebra
+data: $(STAMP)
+	$(PY) -m qsattn data $(DATASET)
