@@ -1,0 +1,74 @@
+"""Score a folder of translations: FID/KID against a reference split, and Cityscapes segmentation scores.
+
+examples:
+  python -m qsattn eval --gen out/h2z/test --ref data/horse2zebra/testB --test-input data/horse2zebra/testA \\
+      --mode legacy_pytorch --out metrics.json
+  python -m qsattn eval --metrics cityscapes_seg --gen out/city/test --labels data/cityscapes/val_labels \\
+      --drn-weights weights/drn_d_22_cityscapes.pth --drn-arch drn_d_22
+
+FID needs Inception weights. With internet, clean-fid's files are fetched on first use; offline, download
+them elsewhere and pass --inception-weights PATH (or set QSATTN_INCEPTION_WEIGHTS):
+  clean           https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt
+  legacy_pytorch  https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
+Use legacy_pytorch to compare with the FIDs printed in the CUT / QS-Attn papers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from eval.folders import EvalError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from eval.registry import list_metrics
+
+    parser.add_argument("--gen", required=True, metavar="DIR", help="folder of generated (translated) images")
+    parser.add_argument("--ref", metavar="DIR", help="reference split for FID/KID (e.g. horse2zebra/testB)")
+    parser.add_argument("--ref-stats", metavar="NPZ", help="cached reference statistics instead of --ref")
+    parser.add_argument("--test-input", metavar="DIR",
+                        help="source test split (e.g. testA): --gen must hold one translation per image, matched by stem")
+    parser.add_argument("--metrics", default="fid,kid",
+                        help=f"comma-separated metric names (default: fid,kid; known: {', '.join(list_metrics())})")
+    parser.add_argument("--mode", default="clean", choices=("clean", "legacy_pytorch"),
+                        help="FID protocol: clean (clean-fid's) or legacy_pytorch (pytorch-fid, as the papers) (default: clean)")
+    parser.add_argument("--inception-weights", metavar="PATH", help="local Inception weights file for --mode (see below)")
+    parser.add_argument("--dataset", help="dataset name in the reference cache key (default: parent folder of --ref)")
+    parser.add_argument("--split", help="split name in the reference cache key (default: name of --ref)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where reference statistics are cached "
+                        "(default: $QSATTN_EVAL_CACHE or ~/.cache/qsattn/eval)")
+    parser.add_argument("--labels", metavar="DIR", help="Cityscapes label maps of the test split (cityscapes_seg)")
+    parser.add_argument("--label-ids", default="labelIds", choices=("labelIds", "trainIds"),
+                        help="label maps hold Cityscapes labelIds (gtFine_labelIds, default) or trainIds")
+    parser.add_argument("--drn-weights", metavar="PATH", help="drn_d_22_cityscapes.pth or drn_d_105_cityscapes.pth")
+    parser.add_argument("--drn-arch", default="drn_d_22", choices=("drn_d_22", "drn_d_105"),
+                        help="architecture of --drn-weights (default: drn_d_22)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--out", metavar="JSON", help="also write the result (values and protocol) here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.registry import evaluate_folder_pair
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    try:
+        result = evaluate_folder_pair(
+            args.gen, args.ref, metrics=metrics, ref_stats=args.ref_stats, test_input_dir=args.test_input,
+            mode=args.mode, dataset=args.dataset, split=args.split, inception_path=args.inception_weights,
+            cache_dir=args.cache_dir, device=args.device, label_dir=args.labels, label_ids=args.label_ids,
+            drn_weights=args.drn_weights, drn_arch=args.drn_arch)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, out)
+    return 0

@@ -1,0 +1,80 @@
+"""Image folders as the metrics see them: listing, coverage of the test split, file hashes.
+
+Every metric reads folders through `list_images`, so FID, KID and the segmentation score count the
+same files, and `check_coverage` can promise that a score covers the whole test split (the official
+QS-Attn test script silently stops at 20 images; we refuse instead).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cleanfid.utils import EXTENSIONS
+
+
+class EvalError(ValueError):
+    """A metric cannot be computed as asked; the message says what to do next."""
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """All images under `folder` (recursively, as clean-fid's folder mode does), sorted by path."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise EvalError(f"{root} is not a folder of images.")
+    exts = {e.lower() for e in EXTENSIONS}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix[1:].lower() in exts)
+    if not files:
+        raise EvalError(f"{root} contains no images ({', '.join(sorted(exts))}).")
+    return files
+
+
+def check_coverage(gen_dir: str | os.PathLike, test_dir: str | os.PathLike, *, max_named: int = 20) -> int:
+    """Raise EvalError unless `gen_dir` holds one translation per image of the source test split.
+
+    Files are matched by stem (`n02381460_120.jpg` -> `n02381460_120.png`), since translate writes the
+    input's stem with its own extension. Returns the number of images, which then equals the split size.
+    """
+    gen = [p.stem for p in list_images(gen_dir)]
+    test = [p.stem for p in list_images(test_dir)]
+    missing = sorted(set(test) - set(gen))
+    extra = sorted(set(gen) - set(test))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} test image(s) have no translation: {_named(missing, max_named)}")
+    if extra:
+        problems.append(f"{len(extra)} generated image(s) match no test image: {_named(extra, max_named)}")
+    if not problems and len(gen) != len(test):
+        problems.append(f"{len(gen)} generated files for {len(test)} test images (duplicate stems)")
+    if problems:
+        raise EvalError(f"{gen_dir} does not cover the test split {test_dir}: " + "; ".join(problems)
+                        + ". Translate the whole split (no --num-test cap) and evaluate again.")
+    return len(gen)
+
+
+def _named(stems: list[str], limit: int) -> str:
+    shown = ", ".join(stems[:limit])
+    return shown + (f", ... ({len(stems) - limit} more)" if len(stems) > limit else "")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file: it names the exact weights that produced a score."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def image_resolution(files: list[Path]) -> str:
+    """'WxH' when every image has that size, else 'mixed'. Reads headers only."""
+    from PIL import Image
+
+    sizes = set()
+    for p in files:
+        with Image.open(p) as im:
+            sizes.add(im.size)
+        if len(sizes) > 1:
+            return "mixed"
+    (w, h), = sizes
+    return f"{w}x{h}"
