@@ -151,6 +151,8 @@ def _coerce(key: str, value: Any) -> Any:
         if kind.startswith("tuple"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(int(v) for v in items)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
     raise AssertionError(f"unhandled type {kind} for {key}")

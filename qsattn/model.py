@@ -1,0 +1,156 @@
+"""The CUT-family training step: one D update, then one G+F update (official qs_model.py / cut_model.py).
+
+`TrainState` holds the networks, optimisers and schedulers; `train_step(state, real_A, real_B)` is a
+plain function of the batch and that state. Nothing here knows about files, MLflow or SLURM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from qsattn.losses import gan_loss, patch_nce_loss
+from qsattn.networks import build_discriminator, build_generator
+from qsattn.sampler import PatchSampleF, build_sampler
+
+
+@dataclass
+class TrainState:
+    cfg: object
+    G: nn.Module
+    D: nn.Module
+    F: PatchSampleF
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    opt_F: torch.optim.Optimizer
+    schedulers: list = field(default_factory=list)
+    step: int = 0    # optimisation steps done
+    epoch: int = 1   # the epoch in progress (1-based, as official)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D, "F": self.F}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"G": self.opt_G, "D": self.opt_D, "F": self.opt_F}
+
+
+def linear_decay(n_epochs: int, n_epochs_decay: int, epoch_count: int = 1):
+    """Official 'linear' policy: constant for n_epochs, then linearly towards zero over n_epochs_decay."""
+    def factor(epoch: int) -> float:
+        return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
+    return factor
+
+
+def encoder_channels(G: nn.Module, layers, input_nc: int) -> list[int]:
+    """Channel count of each NCE layer, from a dry run on a small input (F's MLP input sizes)."""
+    device = next(G.parameters()).device
+    with torch.no_grad():
+        return [f.shape[1] for f in G.encode(torch.zeros(1, input_nc, 32, 32, device=device), layers)]
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def create_state(cfg, device: torch.device | str = "cpu") -> TrainState:
+    """Build G, D and F with the official init, in that order, from the current torch RNG state.
+
+    F's MLPs are created here from the encoder's channel counts rather than lazily at the first batch,
+    so that a checkpoint always has the same keys; the result is the same module (see README).
+    """
+    G = build_generator(cfg).to(device)
+    D = build_discriminator(cfg).to(device)
+    F = build_sampler(cfg).to(device)
+    F.build(encoder_channels(G, cfg.nce_layers, cfg.input_nc), device)
+    opts = [make_optimizer(m.parameters(), cfg) for m in (G, D, F)]
+    rule = linear_decay(cfg.n_epochs, cfg.n_epochs_decay)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda=rule) for o in opts]
+    return TrainState(cfg, G, D, F, *opts, schedulers=schedulers)
+
+
+def nce_loss(G, F, src, tgt, cfg, patch_ids=None, flipped: bool = False):
+    """PatchNCE between G's encoder features of src (keys) and tgt (queries), averaged over layers.
+
+    Returns (loss, per-layer losses, key-side ids, key-side attention). With `patch_ids`, the random
+    layers use those indices instead of drawing new ones (parity tests, shared samples).
+    """
+    feat_q = G.encode(tgt, cfg.nce_layers)
+    if flipped:
+        feat_q = [torch.flip(f, [3]) for f in feat_q]
+    feat_k = G.encode(src, cfg.nce_layers)
+    pool_k, ids, attns = F(feat_k, patch_ids=patch_ids)
+    pool_q, _, _ = F(feat_q, patch_ids=ids, attn_mats=attns)
+    per_layer = [patch_nce_loss(q, k, cfg.nce_T, cfg.batch_size).mean() * cfg.lambda_NCE
+                 for q, k in zip(pool_q, pool_k)]
+    return sum(per_layer) / len(per_layer), per_layer, ids, attns
+
+
+def generator_forward(state: TrainState, real_A, real_B, flipped: bool = False):
+    """fake = G(A) (and idt = G(B) with nce_idt), in one batched call as the official code does."""
+    real = torch.cat([real_A, real_B]) if state.cfg.nce_idt else real_A
+    if flipped:
+        real = torch.flip(real, [3])
+    fake = state.G(real)
+    n = real_A.shape[0]
+    return fake[:n], (fake[n:] if state.cfg.nce_idt else None)
+
+
+def discriminator_loss(state: TrainState, fake_B, real_B):
+    cfg = state.cfg
+    loss_fake = gan_loss(state.D(fake_B.detach()), False, cfg.gan_mode)
+    loss_real = gan_loss(state.D(real_B), True, cfg.gan_mode)
+    return (loss_fake + loss_real) * 0.5, loss_fake, loss_real
+
+
+def generator_loss(state: TrainState, real_A, real_B, fake_B, idt_B, flipped=False, patch_ids=None,
+                   patch_ids_idt=None) -> dict[str, torch.Tensor]:
+    cfg, zero = state.cfg, fake_B.new_zeros(())
+    g_gan = gan_loss(state.D(fake_B), True, cfg.gan_mode) * cfg.lambda_GAN if cfg.lambda_GAN > 0 else zero
+    nce = nce_loss(state.G, state.F, real_A, fake_B, cfg, patch_ids, flipped)[0] if cfg.lambda_NCE > 0 else zero
+    losses = {"G_GAN": g_gan, "NCE": nce}
+    if cfg.nce_idt and cfg.lambda_NCE > 0:
+        losses["NCE_Y"] = nce_loss(state.G, state.F, real_B, idt_B, cfg, patch_ids_idt, flipped)[0]
+        nce_both = (nce + losses["NCE_Y"]) * 0.5
+    else:
+        nce_both = nce
+    losses["G"] = g_gan + nce_both
+    return losses
+
+
+def draw_flip(cfg) -> bool:
+    """FastCUT's flip-equivariance coin (official: np.random.random() < 0.5); drawn on the CPU, no sync."""
+    return bool(cfg.flip_equivariance and torch.rand(()).item() < 0.5)
+
+
+def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One optimisation step. Returns the losses as detached device tensors (read them rarely: each
+    `.item()` is a host sync)."""
+    cfg = state.cfg
+    flipped = draw_flip(cfg)
+    fake_B, idt_B = generator_forward(state, real_A, real_B, flipped)
+
+    state.D.requires_grad_(True)
+    state.opt_D.zero_grad(set_to_none=True)
+    loss_D, loss_D_fake, loss_D_real = discriminator_loss(state, fake_B, real_B)
+    if cfg.lambda_GAN > 0:
+        loss_D.backward()
+        state.opt_D.step()
+
+    state.D.requires_grad_(False)
+    state.opt_G.zero_grad(set_to_none=True)
+    state.opt_F.zero_grad(set_to_none=True)
+    losses = generator_loss(state, real_A, real_B, fake_B, idt_B, flipped)
+    losses["G"].backward()
+    state.opt_G.step()
+    state.opt_F.step()
+    state.step += 1
+    losses.update(D=loss_D, D_fake=loss_D_fake, D_real=loss_D_real)
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def end_epoch(state: TrainState) -> None:
+    """Official `update_learning_rate()` at the end of each epoch."""
+    for s in state.schedulers:
+        s.step()
+    state.epoch += 1

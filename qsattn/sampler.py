@@ -1,0 +1,192 @@
+"""The patch sampler F: CUT's random patches, and QS-Attn's query-selected attention.
+
+QS-Attn (Hu et al., CVPR 2022) changes only this module. On the QS layers, the key side (features of
+the source image) computes an attention matrix from the raw features, keeps the N rows with the
+lowest entropy (the queries whose attention is most peaked, i.e. most distinctive), and routes the
+features through those rows. The query side (features of the translated image) reuses the key side's
+indices and attention rows unchanged, so gradients flow through the reused attention into the source
+features. Other layers keep CUT's random sampling. Every routed/sampled vector then goes through a
+two-layer MLP and L2 normalisation (CUT's `mlp_sample`).
+
+Modes (official models/networks_{global,local,local_global}.py, `PatchSampleF.forward`):
+  global        A = softmax(f fᵀ) over all HW positions; select by entropy; route A_sel f.
+  local         each position attends to its k×k neighbourhood (zero padded); select by entropy;
+                route the selected rows over their windows.
+  global+local  select by the local entropy, route with the global attention rows.
+
+`local_layout` names how the k×k windows are laid out. The official code views `F.unfold`'s
+(B, C·k², L) output as (B, L, k², C) although the channel is the outer index, so its "neighbours" are
+mixtures of channels and offsets (`official`, kept bit for bit for reproducing the paper); `corrected`
+uses the true windows, whose centre is the position's own feature. In local mode the official code
+also gathers the values with a `view` that transposes patches and channels and only works when
+num_patches equals the channel count; `official` keeps that too (and fails the same way).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qsattn.networks import init_weights
+
+QS_MODES = ("none", "global", "local", "global+local")
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Official `Normalize(2)`: x / (‖x‖ + 1e-7) over dim 1."""
+    return x / (x.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7)
+
+
+def row_entropy(attn: torch.Tensor) -> torch.Tensor:
+    """Σ −a log a over the last axis; entries whose log is −inf count as 0 (official formula)."""
+    neg_log = -torch.log(attn)
+    neg_log = torch.where(torch.isinf(neg_log), torch.zeros_like(neg_log), neg_log)
+    return (attn * neg_log).sum(-1)
+
+
+def select_rows(entropy: torch.Tensor, n: int, selection: str) -> torch.Tensor:
+    """(B, L) -> (B, n) row indices: lowest entropy first, or random rows (the ablation)."""
+    if selection == "entropy":
+        return torch.sort(entropy, dim=1).indices[:, :n]
+    if selection == "random":
+        B, L = entropy.shape
+        return torch.stack([torch.randperm(L, device=entropy.device)[:n] for _ in range(B)])
+    raise ValueError(f"unknown qs_selection '{selection}' (entropy | random)")
+
+
+def _gather_rows(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (B, L, ...), ids (B, N) -> (B, N, ...)."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], ids]
+
+
+# --- global ---------------------------------------------------------------------------------------
+
+def global_attention(f: torch.Tensor) -> torch.Tensor:
+    """f (B, HW, C) -> softmax(f fᵀ) (B, HW, HW); raw features, no scaling (official)."""
+    return torch.bmm(f, f.transpose(1, 2)).softmax(dim=2)
+
+
+def global_select(f: torch.Tensor, n: int, selection: str = "entropy"):
+    """-> ids (B, n), attention rows (B, n, HW)."""
+    attn = global_attention(f)
+    ids = select_rows(row_entropy(attn), n, selection)
+    return ids, _gather_rows(attn, ids)
+
+
+# --- local ----------------------------------------------------------------------------------------
+
+def local_windows(feat: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """feat (B, C, H, W) -> the k² neighbours each position attends over, (B, HW, k², C)."""
+    B, C = feat.shape[:2]
+    unfolded = F.unfold(feat, kernel_size=window, padding=window // 2)  # (B, C·k², L), channel outer
+    L = unfolded.shape[2]
+    if layout == "official":
+        return unfolded.permute(0, 2, 1).reshape(B, L, window * window, C)
+    if layout == "corrected":
+        return unfolded.reshape(B, C, window * window, L).permute(0, 3, 2, 1)
+    raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
+
+
+def local_attention(feat: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """Softmax over each position's k² window of dot products with its own feature: (B, HW, k²)."""
+    f = feat.flatten(2).transpose(1, 2)  # (B, HW, C)
+    keys = local_windows(feat, window, layout)
+    return torch.matmul(keys, f.unsqueeze(-1)).squeeze(-1).softmax(dim=2)
+
+
+def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection: str = "entropy"):
+    """-> ids (B, n), local attention rows (B, n, k²)."""
+    attn = local_attention(feat, window, layout)
+    ids = select_rows(row_entropy(attn), n, selection)
+    return ids, _gather_rows(attn, ids)
+
+
+def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """The values the selected rows are applied to, (B, n, k², C)."""
+    B, C = feat.shape[:2]
+    n, kk = ids.shape[1], window * window
+    if layout == "corrected":
+        return _gather_rows(local_windows(feat, window, layout), ids)
+    # Official: gather (B, n, C·k²), then reinterpret the memory as (B·n, k², C). This `view` only
+    # succeeds when n == C, and then value [i, j, c] is channel i of the selected patches (see module doc).
+    unfolded = F.unfold(feat, kernel_size=window, padding=window // 2)
+    picked = unfolded[torch.arange(B, device=feat.device)[:, None], :, ids]  # (B, n, C·k²)
+    return picked.permute(0, 2, 1).flatten(0, 1).view(B * n, kk, C).view(B, n, kk, C)
+
+
+class PatchSampleF(nn.Module):
+    """CUT's `mlp_sample` projection head with QS-Attn's query selection on `qs_layers`.
+
+    forward(feats, patch_ids=None, attn_mats=None) -> (projected, ids, attns), one entry per layer:
+      - key side: call with attn_mats=None; random layers use patch_ids[i] if given (else randperm),
+        QS layers compute their own selection.
+      - query side: pass the key side's ids and attns back in; they are reused unchanged.
+    Projected features are (B·N, nc), L2-normalised. The MLPs are created lazily from the first
+    batch's channel counts (or `build(channels)` when loading weights), as in the official code.
+    """
+
+    def __init__(self, nc: int = 256, num_patches: int = 256, qs_mode: str = "none", qs_layers=(3, 4),
+                 selection: str = "entropy", window: int = 7, local_layout: str = "official",
+                 init_type: str = "xavier", init_gain: float = 0.02, use_mlp: bool = True):
+        super().__init__()
+        if qs_mode not in QS_MODES:
+            raise ValueError(f"unknown qs_mode '{qs_mode}' ({' | '.join(QS_MODES)})")
+        self.nc, self.num_patches, self.qs_mode = nc, num_patches, qs_mode
+        self.qs_layers = set(qs_layers) if qs_mode != "none" else set()
+        self.selection, self.window, self.local_layout = selection, window, local_layout
+        self.init_type, self.init_gain, self.use_mlp = init_type, init_gain, use_mlp
+        self.channels: list[int] = []
+
+    @property
+    def mlp_init(self) -> bool:
+        return bool(self.channels) or not self.use_mlp
+
+    def build(self, channels: list[int], device=None) -> None:
+        """Create one Linear(C, nc)-ReLU-Linear(nc, nc) per layer (named mlp_0, mlp_1, … as official)."""
+        for i, c in enumerate(channels):
+            mlp = nn.Sequential(nn.Linear(c, self.nc), nn.ReLU(), nn.Linear(self.nc, self.nc))
+            setattr(self, f"mlp_{i}", mlp.to(device))
+        init_weights(self, self.init_type, self.init_gain)
+        self.channels = list(channels)
+
+    def forward(self, feats, patch_ids=None, attn_mats=None):
+        if self.use_mlp and not self.channels:
+            self.build([f.shape[1] for f in feats], feats[0].device)
+        out, ids_out, attn_out = [], [], []
+        for i, feat in enumerate(feats):
+            f = feat.flatten(2).transpose(1, 2)  # (B, HW, C)
+            if i in self.qs_layers:
+                ids = patch_ids[i] if attn_mats is not None else None
+                attn = attn_mats[i] if attn_mats is not None else None
+                x, ids, attn = self._query_selected(feat, f, ids, attn)
+            else:
+                ids = patch_ids[i] if patch_ids is not None else None
+                if ids is None:
+                    ids = torch.randperm(f.shape[1], device=feat.device)[: min(self.num_patches, f.shape[1])]
+                x, attn = f[:, ids, :].flatten(0, 1), None
+            if self.use_mlp:
+                x = getattr(self, f"mlp_{i}")(x)
+            out.append(l2_normalize(x))
+            ids_out.append(ids)
+            attn_out.append(attn)
+        return out, ids_out, attn_out
+
+    def _query_selected(self, feat, f, ids, attn):
+        n, mode = self.num_patches, self.qs_mode
+        if attn is None:  # key side: select
+            if mode == "global":
+                ids, attn = global_select(f, n, self.selection)
+            else:
+                ids, attn_local = local_select(feat, n, self.window, self.local_layout, self.selection)
+                attn = attn_local if mode == "local" else _gather_rows(global_attention(f), ids)
+        if mode == "local":
+            values = local_values(feat, ids, self.window, self.local_layout)  # (B, n, k², C)
+            x = torch.matmul(attn.unsqueeze(2), values).squeeze(2)            # (B, n, C)
+        else:
+            x = torch.bmm(attn, f)                                            # (B, n, C)
+        return x.flatten(0, 1), ids, attn
+
+
+def build_sampler(cfg) -> PatchSampleF:
+    return PatchSampleF(cfg.netF_nc, cfg.num_patches, cfg.qs_mode, cfg.qs_layers, cfg.qs_selection,
+                        cfg.local_window, cfg.local_layout, cfg.init_type, cfg.init_gain)
