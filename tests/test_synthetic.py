@@ -1,0 +1,146 @@
+"""Pins the synthetic dataset: deterministic bytes, layout on disk, idempotence and the ground-truth score."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qsattn import synthetic
+from qsattn.cli import main
+from qsattn.data import UnalignedDataset
+
+
+def _digest(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}  # not the scan cache
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic.generate(tmp_path_factory.mktemp("syn") / "data", size=32, n_train=6, n_test=5, seed=0)
+
+
+def test_layout_counts_and_meta_on_disk(dataset):
+    counts = {name: sorted(p.name for p in (dataset / name).iterdir()) for name in synthetic.FOLDERS}
+    assert {k: len(v) for k, v in counts.items()} == {"trainA": 6, "trainB": 6, "testA": 5, "testB": 5,
+                                                      "testA_gt": 5, "testA_mask": 5}
+    assert counts["testA"] == counts["testA_gt"] == counts["testA_mask"] == [f"{i:06d}.png" for i in range(5)]
+    meta = json.loads((dataset / "meta.json").read_text())
+    assert (meta["seed"], meta["size"], meta["counts"]["trainA"], meta["version"]) == (0, 32, 6, synthetic.VERSION)
+    with Image.open(dataset / "trainA" / "000000.png") as im:
+        assert (im.size, im.mode) == ((32, 32), "RGB")
+
+
+def test_the_dataset_loads_with_the_unaligned_dataset(dataset):
+    item = UnalignedDataset(dataset, load_size=36, crop_size=32)[0]
+    assert item["A"].shape == item["B"].shape == (3, 32, 32)
+
+
+def test_same_seed_same_bytes_different_seed_different_images(dataset, tmp_path):
+    again = synthetic.generate(tmp_path / "again", size=32, n_train=6, n_test=5, seed=0)
+    assert _digest(again) == _digest(dataset)
+    other = synthetic.generate(tmp_path / "other", size=32, n_train=6, n_test=5, seed=1)
+    a, b = _digest(dataset), _digest(other)
+    assert all(a[k] != b[k] for k in a if k.endswith(".png"))
+
+
+def test_counts_do_not_change_the_other_images(dataset, tmp_path):
+    bigger = synthetic.generate(tmp_path / "bigger", size=32, n_train=8, n_test=5, seed=0)
+    assert (bigger / "trainA" / "000005.png").read_bytes() == (dataset / "trainA" / "000005.png").read_bytes()
+
+
+def test_generation_is_idempotent_and_replaces_its_own_older_output(tmp_path):
+    out = synthetic.generate(tmp_path / "d", size=32, n_train=2, n_test=2)
+    marker = out / "trainA" / "000000.png"
+    stamp = marker.stat().st_mtime_ns
+    synthetic.generate(out, size=32, n_train=2, n_test=2)
+    assert marker.stat().st_mtime_ns == stamp  # nothing rewritten
+    synthetic.generate(out, size=32, n_train=3, n_test=2)
+    assert len(list((out / "trainA").iterdir())) == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_refuses_to_overwrite_a_foreign_folder_and_bad_sizes(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty"):
+        synthetic.generate(tmp_path, size=32, n_train=1, n_test=1)
+    assert (tmp_path / "mine.txt").exists()
+    with pytest.raises(ValueError, match="32 and 256"):
+        synthetic.generate(tmp_path / "x", size=16)
+
+
+def test_domains_differ_as_designed(dataset):
+    """A: flat shape (two colours); B and ground truth: black and white stripes inside the mask."""
+    a = np.asarray(Image.open(dataset / "testA" / "000000.png"))
+    gt = np.asarray(Image.open(dataset / "testA_gt" / "000000.png"))
+    mask = np.asarray(Image.open(dataset / "testA_mask" / "000000.png")) > 127
+    assert 0 < mask.mean() < 0.6
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) == 2
+    assert np.array_equal(a[~mask], gt[~mask])  # same background
+    assert set(np.unique(gt[mask])) == {15, 240}
+
+
+def _predict(data_dir, out_dir, source: str) -> None:
+    shutil.copytree(data_dir / source, out_dir)
+
+
+def test_ground_truth_scores_clearly_better_than_identity(dataset, tmp_path):
+    _predict(dataset, tmp_path / "gt", "testA_gt")
+    _predict(dataset, tmp_path / "identity", "testA")
+    gt = synthetic.score_translation(tmp_path / "gt", dataset)
+    identity = synthetic.score_translation(tmp_path / "identity", dataset)
+    assert gt["gt_score"] == pytest.approx(1.0) and gt["gt_l1"] == 0 and gt["stripe_score"] == pytest.approx(1.0)
+    assert identity["gt_score"] < 0.3 and identity["stripe_score"] < 0.3
+    assert identity["shape_iou"] == pytest.approx(1.0) and identity["background_l1"] == 0  # it does keep the shape
+    assert identity["gt_l1"] > 0.02 and gt["n_images"] == 5
+
+
+def test_other_stripes_still_count_and_a_ruined_background_does_not(dataset, tmp_path):
+    """Unpaired translation: stripes at another angle are fine; painting over the background is not."""
+    restriped, blank = tmp_path / "restriped", tmp_path / "blank"
+    restriped.mkdir(), blank.mkdir()
+    for i, p in enumerate(sorted((dataset / "testA_gt").iterdir())):
+        gt = np.asarray(Image.open(p))
+        mask = np.asarray(Image.open(dataset / "testA_mask" / p.name)) > 127
+        other = gt.copy()
+        other[mask] = synthetic._stripes(np.random.default_rng(1000 + i), gt.shape[0])[mask]
+        Image.fromarray(other).save(restriped / p.name)
+        Image.fromarray(np.full_like(gt, 128)).save(blank / p.name)
+    assert synthetic.score_translation(restriped, dataset)["gt_score"] > 0.5
+    ruined = synthetic.score_translation(blank, dataset)
+    assert ruined["gt_score"] < 0.1 and ruined["background_l1"] > 0.1
+
+
+def test_missing_predictions_are_named(dataset, tmp_path):
+    _predict(dataset, tmp_path / "pred", "testA_gt")
+    (tmp_path / "pred" / "000003.png").unlink()
+    with pytest.raises(FileNotFoundError, match="000003") as e:
+        synthetic.score_translation(tmp_path / "pred", dataset)
+    assert "1 of 5" in str(e.value)
+
+
+def test_predictions_of_another_size_are_resized(dataset, tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for p in sorted((dataset / "testA_gt").iterdir()):
+        Image.open(p).resize((64, 64), Image.NEAREST).save(pred / p.name)
+    # bicubic back to 32 px blurs the edges a little
+    assert synthetic.score_translation(pred, dataset)["gt_score"] > 0.8
+
+
+def test_cli_generates_and_scores(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["synthetic", "--out", str(out), "--size", "32", "--n-train", "2", "--n-test", "2", "--seed", "3"]) == 0
+    assert json.loads((out / "meta.json").read_text())["seed"] == 3
+    capsys.readouterr()
+    assert main(["synthetic", "--out", str(out), "--score", str(out / "testA_gt")]) == 0
+    assert json.loads(capsys.readouterr().out)["gt_score"] == pytest.approx(1.0)
+
+
+def test_cli_errors_say_what_to_do_without_a_traceback(tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path / "nothing"), "--score", str(tmp_path)]) == 2
+    assert "python -m qsattn synthetic --out" in capsys.readouterr().err
