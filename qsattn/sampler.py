@@ -127,10 +127,14 @@ class PatchSampleF(nn.Module):
 
     def __init__(self, nc: int = 256, num_patches: int = 256, qs_mode: str = "none", qs_layers=(3, 4),
                  selection: str = "entropy", window: int = 7, local_layout: str = "official",
-                 init_type: str = "xavier", init_gain: float = 0.02, use_mlp: bool = True):
+                 init_type: str = "xavier", init_gain: float = 0.02, use_mlp: bool = True,
+                 impl: str = "naive", chunk: int = 1024):
         super().__init__()
         if qs_mode not in QS_MODES:
             raise ValueError(f"unknown qs_mode '{qs_mode}' ({' | '.join(QS_MODES)})")
+        if impl not in ("naive", "chunked"):
+            raise ValueError(f"unknown qs_impl '{impl}' (naive | chunked)")
+        self.impl, self.chunk = impl, chunk  # chunked: same result, O(N·HW) memory (qsattn/qs_chunked.py)
         self.nc, self.num_patches, self.qs_mode = nc, num_patches, qs_mode
         self.qs_layers = set(qs_layers) if qs_mode != "none" else set()
         self.selection, self.window, self.local_layout = selection, window, local_layout
@@ -172,6 +176,8 @@ class PatchSampleF(nn.Module):
         return out, ids_out, attn_out
 
     def _query_selected(self, feat, f, ids, attn):
+        if self.impl == "chunked":
+            return self._query_selected_chunked(feat, f, ids, attn)
         n, mode = self.num_patches, self.qs_mode
         if attn is None:  # key side: select
             if mode == "global":
@@ -186,7 +192,24 @@ class PatchSampleF(nn.Module):
             x = torch.bmm(attn, f)                                            # (B, n, C)
         return x.flatten(0, 1), ids, attn
 
+    def _query_selected_chunked(self, feat, f, ids, attn):
+        from qsattn import qs_chunked as qc
+
+        n, mode, k, layout = self.num_patches, self.qs_mode, self.window, self.local_layout
+        if attn is None:
+            if mode == "global":
+                ids, attn = qc.global_select(f, n, self.selection, self.chunk)
+            else:
+                ids, attn_local = qc.local_select(feat, n, k, layout, self.selection, self.chunk)
+                attn = attn_local if mode == "local" else qc.global_rows(f, ids)
+        if mode == "local":
+            x = torch.matmul(attn.unsqueeze(2), qc.local_values(feat, ids, k, layout)).squeeze(2)
+        else:
+            x = torch.bmm(attn, f)
+        return x.flatten(0, 1), ids, attn
+
 
 def build_sampler(cfg) -> PatchSampleF:
     return PatchSampleF(cfg.netF_nc, cfg.num_patches, cfg.qs_mode, cfg.qs_layers, cfg.qs_selection,
-                        cfg.local_window, cfg.local_layout, cfg.init_type, cfg.init_gain)
+                        cfg.local_window, cfg.local_layout, cfg.init_type, cfg.init_gain,
+                        impl=getattr(cfg, "qs_impl", "naive"), chunk=getattr(cfg, "qs_chunk", 1024))

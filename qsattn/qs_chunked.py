@@ -1,0 +1,154 @@
+"""QS-Attn's query selection without the full attention matrices: the same indices, the same result.
+
+`qs_impl: chunked`. The naive sampler (`qsattn.sampler`, the reference) builds the HW×HW global
+attention, or the (B, C·k², HW) unfolded windows, for every position, with autograd, and then keeps
+N rows. Here:
+
+- Selection needs no gradient (it yields indices), so the row entropies are computed under
+  `no_grad`, a chunk of rows at a time: memory O(chunk·HW) (global) or O(chunk·k²·C) (local).
+- Only the N selected rows are then recomputed with autograd for routing: O(N·HW) (global) or
+  O(N·k²·C) (local), forward and backward.
+
+Selection must pick exactly the naive indices. With the official init the raw features have huge
+norms, attention rows are nearly one-hot, and the entropies near the top-N cut-off are ~1e-24 and
+differ by ~1e-26, so any change of formula (e.g. logsumexp(s) − Σ softmax(s)·s, or k² shifted dot
+products with another summation order) changes which rows are picked. Each chunk therefore runs
+the naive operations on complete rows: the same matmul kernel on the same operands, the same
+softmax over the same row, the same Σ −a log a. These are row-wise, so every entropy is bitwise the
+naive one on CPU (tested), and `torch.sort` then returns the same indices, ties included. One caveat
+found by testing: CPU BLAS takes other code paths for very short GEMMs (here 1–3, 5–7 and 9–11 rows
+gave last-bit differences from the same rows of the full product), so no chunk is ever shorter than
+`MIN_ROWS`: the rows are split into floor(L / chunk) nearly equal chunks of chunk to 2·chunk rows. On CUDA,
+cuBLAS may pick another GEMM algorithm for a chunk's shape than for the full matrix (e.g. split-K),
+so entropies can differ in the last bit there; selection then agrees except between rows whose
+entropies are within rounding of each other.
+
+Local windows are gathered from the zero-padded feature map by index (a copy, no arithmetic), so they
+equal `F.unfold`'s columns bitwise, for either `local_layout`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qsattn.sampler import _gather_rows, row_entropy, select_rows
+
+
+MIN_ROWS = 64
+
+
+def row_chunks(length: int, chunk: int) -> list[slice]:
+    """Split range(length) into floor(length / chunk) nearly equal slices, none shorter than
+    min(length, MIN_ROWS) (see module doc: short GEMMs round differently)."""
+    chunk = max(chunk, MIN_ROWS)
+    n = max(1, length // chunk)
+    bounds = [length * i // n for i in range(n + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# --- global ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def global_entropy(f: torch.Tensor, chunk: int) -> torch.Tensor:
+    """f (B, HW, C) -> the entropy of each row of softmax(f fᵀ), (B, HW), `chunk` rows at a time."""
+    ft = f.transpose(1, 2)
+    return torch.cat([row_entropy(torch.bmm(f[:, rows], ft).softmax(dim=2))
+                      for rows in row_chunks(f.shape[1], chunk)], dim=1)
+
+
+def global_rows(f: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The rows `ids` (B, N) of softmax(f fᵀ), (B, N, HW), with autograd through f: O(N·HW)."""
+    return torch.bmm(_gather_rows(f, ids), f.transpose(1, 2)).softmax(dim=2)
+
+
+def global_select(f: torch.Tensor, n: int, selection: str = "entropy", chunk: int = 1024):
+    """Same as `sampler.global_select`: -> ids (B, n), attention rows (B, n, HW)."""
+    if selection == "entropy":
+        ids = select_rows(global_entropy(f, chunk), n, selection)
+    else:  # random rows: no entropy needed (the naive path draws the same randperm)
+        ids = select_rows(f.new_empty(f.shape[:2]), n, selection)
+    return ids, global_rows(f, ids)
+
+
+# --- local ----------------------------------------------------------------------------------------
+
+def _window_index(H: int, W: int, window: int, device) -> torch.Tensor:
+    """(k², HW) flat indices into the zero-padded (H+2r)×(W+2r) map: offset-major, as `F.unfold`."""
+    r, Wp = window // 2, W + 2 * (window // 2)
+    dy, dx = torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
+    y, x = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
+    return ((y.reshape(1, -1) + dy.reshape(-1, 1)) * Wp + x.reshape(1, -1) + dx.reshape(-1, 1))
+
+
+def unfold_columns(feat: torch.Tensor, pos: torch.Tensor, window: int) -> torch.Tensor:
+    """`F.unfold(feat, window, padding=window//2)[..., pos]` without unfolding the other positions.
+
+    feat (B, C, H, W); pos (P,) shared by the batch or (B, P) per image -> (B, C·k², P), channel outer.
+    """
+    B, C, H, W = feat.shape
+    kk, r = window * window, window // 2
+    padded = F.pad(feat, (r, r, r, r)).flatten(2)                       # (B, C, H'W')
+    index = _window_index(H, W, window, feat.device)                     # (k², HW)
+    if pos.dim() == 1:
+        cols = padded[:, :, index[:, pos]]                               # (B, C, k², P)
+    else:
+        idx = index[:, pos].permute(1, 0, 2).reshape(B, 1, -1)           # (B, 1, k²·P)
+        cols = torch.gather(padded, 2, idx.expand(B, C, -1)).view(B, C, kk, -1)
+    return cols.reshape(B, C * kk, -1)
+
+
+def _keys(cols: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """Unfold columns (B, C·k², P) -> keys (B, P, k², C) in `layout` (see `sampler.local_windows`)."""
+    B, ckk, P = cols.shape
+    kk = window * window
+    if layout == "official":
+        return cols.permute(0, 2, 1).reshape(B, P, kk, ckk // kk)
+    if layout == "corrected":
+        return cols.reshape(B, ckk // kk, kk, P).permute(0, 3, 2, 1)
+    raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
+
+
+def _local_logits(feat, pos, window, layout):
+    flat = feat.flatten(2)  # (B, C, HW); the query rows keep the naive (B, ·, C) strides
+    if pos.dim() == 1:
+        f = flat[:, :, pos].transpose(1, 2)
+    else:
+        f = torch.gather(flat, 2, pos[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
+    keys = _keys(unfold_columns(feat, pos, window), window, layout)
+    return torch.matmul(keys, f.unsqueeze(-1)).squeeze(-1)            # (B, P, k²), the naive matmul
+
+
+@torch.no_grad()
+def local_entropy(feat: torch.Tensor, window: int, layout: str, chunk: int) -> torch.Tensor:
+    """feat (B, C, H, W) -> entropy of each position's local attention, (B, HW), `chunk` positions at a time."""
+    L = feat.shape[2] * feat.shape[3]
+    pos = torch.arange(L, device=feat.device)
+    return torch.cat([row_entropy(_local_logits(feat, pos[rows], window, layout).softmax(dim=2))
+                      for rows in row_chunks(L, chunk)], dim=1)
+
+
+def local_rows(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """Local attention rows of the positions `ids` (B, N), (B, N, k²), with autograd: O(N·k²·C)."""
+    return _local_logits(feat, ids, window, layout).softmax(dim=2)
+
+
+def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection: str = "entropy",
+                 chunk: int = 1024):
+    """Same as `sampler.local_select`: -> ids (B, n), local attention rows (B, n, k²)."""
+    if selection == "entropy":
+        ids = select_rows(local_entropy(feat, window, layout, chunk), n, selection)
+    else:
+        ids = select_rows(feat.new_empty(feat.shape[0], feat.shape[2] * feat.shape[3]), n, selection)
+    return ids, local_rows(feat, ids, window, layout)
+
+
+def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """Same as `sampler.local_values` (the official layout's patch/channel transpose included)."""
+    B, C = feat.shape[:2]
+    n, kk = ids.shape[1], window * window
+    cols = unfold_columns(feat, ids, window)                             # (B, C·k², n)
+    if layout == "corrected":
+        return _keys(cols, window, layout)
+    picked = cols.transpose(1, 2).contiguous()                           # (B, n, C·k²), as naive gathers it
+    # the naive op sequence, so that the values also have the naive strides (and matmul rounding)
+    return picked.permute(0, 2, 1).flatten(0, 1).view(B * n, kk, C).view(B, n, kk, C)
