@@ -70,6 +70,19 @@ def fid_kid(opts: EvalOptions) -> dict:
                            cache_dir=opts.cache_dir or DEFAULT_CACHE_DIR, **opts.extra)
 
 
+@register_metric("synthetic_gt")
+def synthetic_gt(opts: EvalOptions) -> dict:
+    """The built-in synthetic set's paired ground truth (qsattn/synthetic.py); test_input_dir is its testA."""
+    from qsattn.synthetic import score_translation
+
+    if opts.test_input_dir is None:
+        raise EvalError("synthetic_gt needs the synthetic test split (--test-input DATASET/testA).")
+    data_dir = Path(opts.test_input_dir).parent
+    scores = score_translation(opts.gen_dir, data_dir)
+    scores["protocol"] = {"metric": "synthetic_gt", "data_dir": str(data_dir), "n_images": scores.get("n_images")}
+    return scores
+
+
 @register_metric("cityscapes_seg")
 def cityscapes_seg(opts: EvalOptions) -> dict:
     from eval.folders import check_coverage

@@ -16,7 +16,8 @@ import torch
 RESUMABLE_DIFFERENCES = {
     "name", "run_root", "data_root", "max_steps", "max_images", "device", "num_workers", "log_every",
     "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "tracking_uri", "experiment",
-    "skip_bad_images", "qs_impl", "qs_chunk",
+    "skip_bad_images", "qs_impl", "qs_chunk", "eval_metrics", "fid_mode", "inception_weights", "drn_weights",
+    "drn_arch",
 }
 
 

@@ -92,8 +92,16 @@ class Config:
     sample_every: int = 500           # steps between sample grids
     checkpoint_every: int = 500       # steps between checkpoints (and at every epoch end)
     keep_epoch_checkpoints: int = 0   # also keep a checkpoint every K epochs, for best-vs-last FID (0: off)
-    tracking_uri: str = ""            # MLflow store; default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db
+    tracking_uri: str = ""            # MLflow store; default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db; off: none
     experiment: str = "qsattn"        # MLflow experiment name
+
+    # --- evaluation after training (eval/) ----------------------------------------------------------
+    eval_metrics: str = "auto"        # comma list, or auto: synthetic_gt on the synthetic set, fid,kid
+                                      # elsewhere, plus cityscapes_seg on cityscapes
+    fid_mode: str = "clean"           # clean | legacy_pytorch (the papers' pytorch-fid protocol)
+    inception_weights: str = ""       # path to the Inception file offline (else clean-fid downloads it)
+    drn_weights: str = ""             # drn_d_22_cityscapes.pth (or d_105) for cityscapes_seg
+    drn_arch: str = "drn_d_22"        # drn_d_22 | drn_d_105
 
     def run_name(self) -> str:
         return self.name or f"{self.method}-{self.dataset}-s{self.seed}"
@@ -115,6 +123,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "qs_selection": ("entropy", "random"),
     "local_layout": ("official", "corrected"),
     "qs_impl": ("naive", "chunked"),
+    "fid_mode": ("clean", "legacy_pytorch"),
+    "drn_arch": ("drn_d_22", "drn_d_105"),
     "lr_policy": ("linear",),
     "direction": ("AtoB", "BtoA"),
     "preprocess": ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"),

@@ -146,7 +146,7 @@ def train(cfg: Config, progress: bool = True) -> Path:
     status = "FAILED"
     try:
         while state.epoch <= total_epochs(cfg) and state.step < max_steps:
-            dataset.finetuning = state.epoch > cfg.n_epochs  # official: no resize-crop while lr decays
+            dataset.set_epoch(state.epoch, cfg.n_epochs)  # official: no resize-crop while lr decays
             order = epoch_order(len(dataset), cfg.seed, state.epoch)
             while position < n_batches and state.step < max_steps:
                 idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size].tolist()

@@ -1,0 +1,82 @@
+"""Translate a whole folder: `python -m qsattn translate --checkpoint PATH --input DIR --output DIR`.
+
+One PNG per input image, with the same file stem, for every image (no `num_test` cap as in the
+official test.py). The checkpoint is one of ours (runs/NAME/checkpoints/*.pt) or an official
+`latest_net_G.pth`, whose architecture is read from its keys. Preprocessing and 8-bit conversion are
+the official test-time ones (resize to crop_size, no flip; tensor2im), so outputs equal the official
+test.py outputs for the same weights.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from qsattn.networks import generator_from_state_dict
+
+
+def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """-> (G in eval mode, info). Our checkpoints carry their config; official files only weights."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    info = {"source": str(path)}
+    if "net_G" in state:  # one of ours
+        info["config"] = state["config"]
+        state = state["net_G"]
+    G = generator_from_state_dict(state).to(device)
+    return G.eval(), info
+
+
+@torch.no_grad()
+def translate_folder(G: torch.nn.Module, input_dir: str | Path, output_dir: str | Path, crop_size: int = 256,
+                     preprocess: str = "resize_and_crop", device="cpu", progress: bool = True) -> list[Path]:
+    """Translate every image under input_dir into output_dir/<stem>.png; returns the written paths.
+
+    Writes each file atomically, so an interrupted run leaves only complete images, and skips images
+    already translated (a restart continues where it stopped)."""
+    from tqdm import tqdm
+
+    from qsattn.data import DataError, list_images, load_image_for_test, save_image
+
+    inputs = list_images(input_dir)
+    if not inputs:
+        raise DataError(f"no images in {input_dir}")
+    stems = [Path(p).stem for p in inputs]
+    dup = {s for s in stems if stems.count(s) > 1}
+    if dup:
+        raise DataError(f"{input_dir}: several images share the stems {sorted(dup)[:5]}; outputs would collide")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in tqdm(inputs, desc=f"translate {Path(input_dir).name}", unit="img", disable=not progress):
+        target = out / f"{Path(path).stem}.png"
+        if not target.exists():
+            x = load_image_for_test(path, crop_size, preprocess).unsqueeze(0).to(device)
+            tmp = target.with_name(f".{target.name}.tmp.png")
+            save_image(G(x)[0].cpu(), tmp)
+            os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="our checkpoint (.pt) or an official latest_net_G.pth")
+    parser.add_argument("--input", required=True, help="folder of input images (e.g. datasets/horse2zebra/testA)")
+    parser.add_argument("--output", required=True, help="folder for the translated PNGs")
+    parser.add_argument("--crop-size", type=int, default=None,
+                        help="test-time size (default: the checkpoint's crop_size, else 256 as official)")
+    parser.add_argument("--preprocess", default=None, help="default: the checkpoint's, else resize_and_crop")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args) -> int:
+    from qsattn.train import pick_device
+
+    device = pick_device(args.device)
+    G, info = load_generator(args.checkpoint, device)
+    cfg = info.get("config", {})
+    crop = args.crop_size or cfg.get("crop_size", 256)
+    preprocess = args.preprocess or cfg.get("preprocess", "resize_and_crop")
+    paths = translate_folder(G, args.input, args.output, crop, preprocess, device)
+    print(f"wrote {len(paths)} images to {args.output}")
+    return 0
