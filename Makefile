@@ -27,3 +27,9 @@ clean-venv:
 DATASET ?= horse2zebra
 data: $(STAMP)
 	$(PY) -m qsattn data $(DATASET)
+
+# Time and peak memory of training steps and of the QS sampler, naive vs chunked (README, "Performance").
+# On a GPU: `make bench BENCH_ARGS="--device cuda --sizes 256,512 --dtype fp32,bf16"`.
+BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 --steps 5 --warmup 2 --impl naive,chunked --device auto
+bench: $(STAMP)
+	$(PY) -m qsattn bench $(BENCH_ARGS)
