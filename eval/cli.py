@@ -26,7 +26,12 @@ from eval.folders import EvalError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from eval.registry import list_metrics
 
-    parser.add_argument("--gen", required=True, metavar="DIR", help="folder of generated (translated) images")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gen", metavar="DIR", help="folder of generated (translated) images")
+    source.add_argument("--run", metavar="DIR", help="a training run folder (runs/NAME): translate the test split "
+                        "with its last and kept epoch checkpoints, score them, log to its MLflow run")
+    source.add_argument("--released", metavar="NAME", help="an official released generator under "
+                        "checkpoints/released/NAME/latest_net_G.pth (see eval/released.py for the names)")
     parser.add_argument("--ref", metavar="DIR", help="reference split for FID/KID (e.g. horse2zebra/testB)")
     parser.add_argument("--ref-stats", metavar="NPZ", help="cached reference statistics instead of --ref")
     parser.add_argument("--test-input", metavar="DIR",
@@ -51,19 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.registry import evaluate_folder_pair
-
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
-        result = evaluate_folder_pair(
-            args.gen, args.ref, metrics=metrics, ref_stats=args.ref_stats, test_input_dir=args.test_input,
-            mode=args.mode, dataset=args.dataset, split=args.split, inception_path=args.inception_weights,
-            cache_dir=args.cache_dir, device=args.device, label_dir=args.labels, label_ids=args.label_ids,
-            drn_weights=args.drn_weights, drn_arch=args.drn_arch)
+        result = _run_or_released(args) if args.gen is None else _folders(args)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
         out = Path(args.out)
@@ -72,3 +70,41 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(text + "\n")
         os.replace(tmp, out)
     return 0
+
+
+def _run_or_released(args: argparse.Namespace) -> dict:
+    """A run folder or a released checkpoint: translate its test split, then the same metrics."""
+    import yaml
+
+    from qsattn.config import resolve
+    from qsattn.pipeline import evaluate_checkpoint, evaluate_run
+
+    options = dict(cache_dir=args.cache_dir, label_ids=args.label_ids)
+    overrides = {"fid_mode": args.mode, "drn_arch": args.drn_arch}
+    overrides.update({k: v for k, v in (("inception_weights", args.inception_weights),
+                                        ("drn_weights", args.drn_weights), ("device", args.device)) if v})
+    if args.run:
+        config_file = Path(args.run) / "config.yaml"
+        if not config_file.exists():
+            raise EvalError(f"{config_file} not found: --run takes a run folder written by `python -m qsattn train`")
+        values = yaml.safe_load(config_file.read_text())
+        values["run_root"], values["name"] = str(Path(args.run).parent), Path(args.run).name
+        return evaluate_run(resolve({**values, **overrides}), **options)
+    from eval.released import RELEASED, checkpoint_path
+
+    entry = RELEASED.get(args.released)
+    path = checkpoint_path(args.released)
+    cfg = resolve({"method": entry.method, "dataset": args.dataset or entry.dataset, "crop_size": 256, **overrides})
+    out_dir = Path("results") / "released" / args.released / cfg.fid_mode
+    return evaluate_checkpoint(cfg, path, out_dir, cfg.device if cfg.device != "auto" else "cpu", **options)
+
+
+def _folders(args: argparse.Namespace) -> dict:
+    from eval.registry import evaluate_folder_pair
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    return evaluate_folder_pair(
+        args.gen, args.ref, metrics=metrics, ref_stats=args.ref_stats, test_input_dir=args.test_input,
+        mode=args.mode, dataset=args.dataset, split=args.split, inception_path=args.inception_weights,
+        cache_dir=args.cache_dir, device=args.device, label_dir=args.labels, label_ids=args.label_ids,
+        drn_weights=args.drn_weights, drn_arch=args.drn_arch)

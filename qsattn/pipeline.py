@@ -50,6 +50,11 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, out_dir: Path, device="cp
     return evaluate_folder_pair(out_dir, ref, metrics=default_metrics(cfg), **options)
 
 
+def numbers(metrics: dict) -> dict:
+    """The metric values worth logging (counts such as n_images belong to the protocol)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("n_")}
+
+
 def best_of(history: dict[int, dict]) -> tuple[int, dict] | None:
     for key, lower in PRIMARY:
         scored = {e: m for e, m in history.items() if key in m}
@@ -60,18 +65,29 @@ def best_of(history: dict[int, dict]) -> tuple[int, dict] | None:
 
 
 def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
-    """Train, translate and evaluate one cell; returns {'metrics': ..., 'protocol': ...}."""
-    from qsattn.tracking import open_tracker
-    from qsattn.train import Run, pick_device, train
+    """Train, translate and evaluate one cell; returns {'metrics': ..., 'protocol': ..., 'history': ...}."""
+    from qsattn.train import Run, train
 
     run = Run(cfg)
     result_file = run.dir / "metrics.json"
     if result_file.exists() and run.done.exists():
         return json.loads(result_file.read_text())
     train(cfg, progress)
+    return evaluate_run(cfg, progress, **eval_options)
+
+
+def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
+    """Score a trained run's last checkpoint and its kept epoch checkpoints; log and save the result."""
+    from qsattn.tracking import open_tracker
+    from qsattn.train import Run, pick_device
+
+    run = Run(cfg)
+    result_file = run.dir / "metrics.json"
+    if not run.latest.exists():
+        raise FileNotFoundError(f"{run.latest} does not exist: train the run first (python -m qsattn train ...)")
     device = pick_device(cfg.device)
     last = evaluate_checkpoint(cfg, run.latest, run.dir / "translations" / "last", device, progress, **eval_options)
-    metrics = {f"{k}_last": v for k, v in last["metrics"].items() if isinstance(v, (int, float))}
+    metrics = {f"{k}_last": v for k, v in numbers(last["metrics"]).items()}
     history = {}
     for ckpt in sorted((run.dir / "checkpoints").glob("epoch_*.pt")):
         epoch = int(ckpt.stem.split("_")[1])
@@ -79,7 +95,7 @@ def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
                                              **eval_options)["metrics"]
     best = best_of(history)
     if best:
-        metrics.update({f"{k}_best": v for k, v in best[1].items() if isinstance(v, (int, float))})
+        metrics.update({f"{k}_best": v for k, v in numbers(best[1]).items()})
         metrics["best_epoch"] = best[0]
     result = {"metrics": metrics, "protocol": last["protocol"],
               "history": {str(e): m for e, m in history.items()}}
@@ -87,7 +103,7 @@ def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
     tracker = open_tracker(cfg, run.dir, {})
     tracker.log_metrics(metrics, step=0)
     for epoch, m in history.items():
-        tracker.log_metrics({f"checkpoint_{k}": v for k, v in m.items() if isinstance(v, (int, float))}, step=epoch)
+        tracker.log_metrics({f"checkpoint_{k}": v for k, v in numbers(m).items()}, step=epoch)
     tracker.set_tags({f"protocol.{name}.{k}": v for name, p in last["protocol"].items() for k, v in p.items()})
     tmp = result_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
