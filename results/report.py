@@ -1,0 +1,581 @@
+"""Table 1 beside the paper, from a sweep's MLflow runs (or, without MLflow, from its run folders).
+
+    python -m qsattn report --experiment table1                  # the store of $MLFLOW_TRACKING_URI / mlruns.db
+    python -m qsattn report --experiment demo --out results/out/demo
+    python -m qsattn report --runs-dir runs/demo                 # no MLflow: each run folder's metrics.json
+
+Each cell of the table is the mean ± standard deviation over the seeds that finished, with the number
+of seeds and a 95% confidence interval (Student t; one seed gives no interval, and the cell says so).
+Both the last checkpoint's value and the best checkpoint's value are shown, labelled: published FIDs
+are usually best-of-training (see the README, "Evaluation protocols"). The paper's number comes from
+results/paper_numbers.csv (never from this code); each of our cells gives the difference to it, and
+a dagger where the paper's number lies outside our interval. A cell without a value says why: not run,
+failed, still running, or not logged.
+
+Library use: `load_runs` (MLflow) or `load_run_dirs` (folders) give one tidy DataFrame, one row per
+run and metric; `table1_numbers` is the table as numbers (one row per method, dataset, metric and
+last/best), `table1` the same as the formatted wide table; `write_report` writes Markdown, CSV and
+LaTeX and the plots (results/plots.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+PAPER_CSV = HERE / "paper_numbers.csv"
+DEFAULT_OUT = HERE / "out"
+
+# Method names as papers print them -> our method ids (qsattn/methods.py). Matched ignoring case,
+# spaces and punctuation; our own ids are accepted as they are.
+PAPER_METHODS = {
+    "CUT": "cut",
+    "FastCUT": "fastcut",
+    "QS-Attn (global)": "qsattn-global",
+    "QS-Attn (local)": "qsattn-local",
+    "QS-Attn (global+local)": "qsattn-global-local",
+}
+DATASET_ALIASES = {"horse2zebra": "horse2zebra", "horsezebra": "horse2zebra", "cat2dog": "cat2dog",
+                   "catdog": "cat2dog", "afhqcat2dog": "cat2dog", "cityscapes": "cityscapes",
+                   "labelsphotos": "cityscapes", "cityscapeslabelsphotos": "cityscapes"}
+METRIC_ALIASES = {"fid": "fid", "kid": "kid", "map": "mAP", "pixacc": "pixAcc", "classacc": "classAcc",
+                  "gtscore": "gt_score"}
+
+# The table's metrics per dataset (first match by name prefix), in column order.
+TABLE_METRICS = (("cityscapes", ("fid", "mAP", "pixAcc", "classAcc")), ("synthetic", ("gt_score",)), ("", ("fid",)))
+LOWER_IS_BETTER = {"fid", "kid", "fid_standin", "kid_standin", "background_l1", "gt_l1"}
+METRIC_LABELS = {"fid": "FID", "kid": "KID", "fid_standin": "FID (stand-in)", "mAP": "mAP", "pixAcc": "pixAcc",
+                 "classAcc": "classAcc", "gt_score": "GT score"}
+WHICH = ("last", "best")
+DATASET_ORDER = ("horse2zebra", "cat2dog", "cityscapes")
+OUTSIDE_MARK = "†"
+RUN_COLUMNS = ["sweep", "cell", "variant", "method", "dataset", "seed", "status", "status_detail", "run_id",
+               "run_dir", "git_commit", "fid_mode", "drn_arch", "start_time"]
+
+
+class ReportError(Exception):
+    """A problem the user can fix (wrong experiment name, no store); the message says how."""
+
+
+def _key(text) -> str:
+    return re.sub(r"[^a-z0-9+]", "", str(text).lower())
+
+
+def method_id(name: str) -> str:
+    """A paper's method name (or one of our ids) -> our method id."""
+    from qsattn.methods import METHODS
+
+    if name in METHODS:
+        return name
+    table = {_key(k): v for k, v in PAPER_METHODS.items()} | {_key(m): m for m in METHODS}
+    if _key(name) in table:
+        return table[_key(name)]
+    warnings.warn(f"paper_numbers.csv: method {name!r} is neither one of ours nor in results.report.PAPER_METHODS; "
+                  "add it there to compare it with our runs", stacklevel=2)
+    return name
+
+
+def dataset_id(name: str) -> str:
+    return DATASET_ALIASES.get(_key(name), str(name))
+
+
+def metric_id(name: str) -> str:
+    return METRIC_ALIASES.get(_key(name), str(name))
+
+
+def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
+    """The published numbers, with our ids: columns method, dataset, metric, value, source, paper_method."""
+    paper = pd.read_csv(path, dtype={"method": str, "dataset": str, "metric": str, "source": str})
+    missing = {"method", "dataset", "metric", "value"} - set(paper.columns)
+    if missing:
+        raise ReportError(f"{path}: missing columns {sorted(missing)}; expected method,dataset,metric,value,source")
+    paper = paper.rename(columns={"method": "paper_method"})
+    paper["method"] = paper["paper_method"].map(method_id)
+    paper["dataset"] = paper["dataset"].map(dataset_id)
+    paper["metric"] = paper["metric"].map(metric_id)
+    paper["value"] = pd.to_numeric(paper["value"])
+    if "source" not in paper:
+        paper["source"] = ""
+    dup = paper.duplicated(["method", "dataset", "metric"], keep=False)
+    if dup.any():
+        raise ReportError(f"{path}: several values for the same method, dataset and metric:\n{paper[dup]}")
+    return paper[["method", "dataset", "metric", "value", "source", "paper_method"]]
+
+
+# --- loading runs -------------------------------------------------------------------------------------------
+
+def _variant(run_name: str, method: str, dataset: str, seed) -> str:
+    """The ablation label in a sweep's run name '<method>-<dataset>-s<seed>[-<label>]-<id8>' ('' if none)."""
+    m = re.fullmatch(rf"{re.escape(str(method))}-{re.escape(str(dataset))}-s{seed}(?:-(.+))?-[0-9a-f]{{8}}",
+                     run_name or "")
+    return (m.group(1) or "") if m else ""
+
+
+def _records(run_dir: str | None) -> dict[str, dict]:
+    """The sweep's job records (slurm/job.py: <run_dir>/sweep/<kind>.json), where the folder is readable."""
+    out = {}
+    if not run_dir:
+        return out
+    folder = Path(run_dir) / "sweep"
+    for kind in ("submitted", "started", "finished", "failed", "preempted"):
+        try:
+            out[kind] = json.loads((folder / f"{kind}.json").read_text())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: dict) -> tuple[str, str]:
+    """(finished | failed | running, why). MLflow's own status is not enough: training that fails sets
+    the tag last_status and leaves the run open for a resume; the pipeline reopens a trained run to log
+    its evaluation; the sweep's job records say when a job failed after training."""
+    latest = max(records, key=lambda k: records[k].get("time", 0)) if records else ""
+    if latest == "failed":
+        return "failed", str(records["failed"].get("error", "job failed"))[:200]
+    if mlflow_status in ("FAILED", "KILLED"):
+        return "failed", f"MLflow run {mlflow_status.lower()}"
+    if evaluated and mlflow_status in ("FINISHED", None):
+        return "finished", ""
+    if tags.get("last_status") in ("FAILED", "KILLED") and latest not in ("started", "submitted"):
+        return "failed", f"training stopped ({tags['last_status'].lower()}); the next sweep resumes it"
+    if mlflow_status == "FINISHED" or (mlflow_status is None and records.get("finished")):
+        return "running", "trained, evaluation not finished"
+    if latest == "submitted":
+        return "running", "queued"
+    return "running", "training"
+
+
+def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFrame:
+    """Every run of an MLflow experiment (a sweep), tidy: one row per run and metric (the metric's
+    latest value), with the run's sweep, cell, method, dataset, seed, status and protocol. A run with
+    no metric yet has one row with metric NaN, so that it still counts as run."""
+    from mlflow import MlflowClient
+
+    from qsattn.tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ReportError(f"no MLflow store at {uri}; run a sweep first, pass --tracking-uri, or use --runs-dir")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise ReportError(f"no experiment '{experiment}' in {uri} (experiments there: {known}); "
+                          "pass --experiment NAME (a sweep's experiments: key)")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    rows = []
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        method = tags.get("method") or params.get("method", "")
+        dataset = tags.get("dataset") or params.get("dataset", "")
+        seed = tags.get("seed") or params.get("seed", "")
+        run_dir = tags.get("run_dir", "")
+        name = tags.get("mlflow.runName") or run.info.run_name or params.get("name", "")
+        evaluated = any(k.endswith("_last") for k in metrics)
+        status, why = run_status(run.info.status, tags, evaluated, _records(run_dir))
+        base = dict(
+            sweep=tags.get("sweep") or experiment, cell=tags.get("cell_id") or name,
+            variant=tags.get("ablation") or _variant(name, method, dataset, seed),
+            method=method, dataset=dataset, seed=int(seed) if str(seed).lstrip("-").isdigit() else seed,
+            status=status, status_detail=why, run_id=run.info.run_id, run_dir=run_dir,
+            git_commit=tags.get("git_commit", ""),
+            fid_mode=tags.get("protocol.fid_kid.mode") or params.get("fid_mode", ""),
+            drn_arch=tags.get("protocol.cityscapes_seg.drn_arch") or params.get("drn_arch", ""),
+            start_time=run.info.start_time)
+        rows += [dict(base, metric=k, value=float(v)) for k, v in sorted(metrics.items())] or \
+            [dict(base, metric=np.nan, value=np.nan)]
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS + ["metric", "value"])
+    df.attrs.update(source="mlflow", tracking_uri=uri, experiment=experiment)
+    return df
+
+
+def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
+    """The same frame from run folders (config.yaml, metrics.json, DONE, sweep/ records), for when the
+    MLflow store is not at hand. Training losses are not in the folders, so only evaluation metrics."""
+    import yaml
+
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ReportError(f"{runs_dir} is not a folder; pass the sweep's run_root (e.g. runs/demo)")
+    rows = []
+    for cfg_file in sorted(runs_dir.glob("*/config.yaml")):
+        run_dir = cfg_file.parent
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        evaluated = bool(metrics.get("metrics"))
+        records = _records(str(run_dir))
+        if evaluated:
+            status, why = ("finished", "") if records.get("finished") or not records else \
+                run_status(None, {}, True, records)
+        elif records:
+            status, why = run_status(None, {}, False, records)
+        else:
+            status, why = "running", ("trained, evaluation not finished" if (run_dir / "DONE").exists()
+                                      else "training (or stopped; no job records)")
+        protocol = metrics.get("protocol", {})
+        base = dict(sweep=cfg.get("experiment", runs_dir.name), cell=run_dir.name,
+                    variant=_variant(run_dir.name, cfg.get("method"), cfg.get("dataset"), cfg.get("seed")),
+                    method=cfg.get("method", ""), dataset=cfg.get("dataset", ""), seed=cfg.get("seed", ""),
+                    status=status, status_detail=why, run_id=run_dir.name, run_dir=str(run_dir.absolute()),
+                    git_commit="", fid_mode=protocol.get("fid_kid", {}).get("mode") or cfg.get("fid_mode", ""),
+                    drn_arch=protocol.get("cityscapes_seg", {}).get("drn_arch") or cfg.get("drn_arch", ""),
+                    start_time=int(cfg_file.stat().st_mtime * 1000))
+        values = {k: v for k, v in metrics.get("metrics", {}).items() if isinstance(v, (int, float))}
+        for epoch, m in metrics.get("history", {}).items():  # the latest checkpoint's, as MLflow shows it
+            for k, v in m.items():
+                if isinstance(v, (int, float)):
+                    values[f"checkpoint_{k}"] = v
+        rows += [dict(base, metric=k, value=float(v)) for k, v in sorted(values.items())] or \
+            [dict(base, metric=np.nan, value=np.nan)]
+    if not rows:
+        raise ReportError(f"no run folders (with config.yaml) under {runs_dir}")
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS + ["metric", "value"])
+    df.attrs.update(source="run_dirs", runs_dir=str(runs_dir), experiment=df["sweep"].iloc[0])
+    return df
+
+
+def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.DataFrame:
+    """Metric histories of the frame's runs, tidy: run_id, method, variant, dataset, seed, metric, step,
+    value. `keys`: metric names; `prefix`: every logged metric starting with it (e.g. 'checkpoint_').
+    From MLflow where the frame came from MLflow, else from the run folders' metrics.json."""
+    runs = df.drop_duplicates("run_id")
+    logged = df.groupby("run_id")["metric"].apply(lambda s: set(s.dropna()))
+    cols = ["run_id", "method", "variant", "dataset", "seed", "status", "metric", "step", "value"]
+    rows = []
+    client = None
+    if df.attrs.get("source") == "mlflow":
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=df.attrs["tracking_uri"])
+    for _, run in runs.iterrows():
+        names = [k for k in logged.get(run.run_id, set())
+                 if (keys and k in keys) or (prefix and k.startswith(prefix))]
+        ident = {c: run[c] for c in cols[:6]}
+        if client is not None:
+            for k in sorted(names):
+                rows += [dict(ident, metric=k, step=m.step, value=m.value) for m in client.get_metric_history(run.run_id, k)]
+        elif run.run_dir:
+            try:
+                history = json.loads((Path(run.run_dir) / "metrics.json").read_text()).get("history", {})
+            except (OSError, ValueError):
+                history = {}
+            for epoch, m in history.items():
+                rows += [dict(ident, metric=f"checkpoint_{k}", step=int(epoch), value=float(v)) for k, v in m.items()
+                         if f"checkpoint_{k}" in names and isinstance(v, (int, float))]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+def table_metrics(dataset: str, df: pd.DataFrame | None = None, paper: pd.DataFrame | None = None) -> list[str]:
+    """The dataset's metrics in the table: its fixed list (FID; Cityscapes adds mAP, pixAcc, classAcc; the
+    synthetic set: gt_score), FID's stand-in where only that was logged, then any other metric the paper
+    reports for the dataset."""
+    metrics = list(next(m for prefix, m in TABLE_METRICS if dataset.startswith(prefix)))
+    if df is not None:
+        logged = set(df.loc[df["dataset"] == dataset, "metric"].dropna())
+        if "fid" in metrics and "fid_last" not in logged and "fid_standin_last" in logged:
+            metrics[metrics.index("fid")] = "fid_standin"
+    if paper is not None:
+        metrics += [m for m in paper.loc[paper["dataset"] == dataset, "metric"] if m not in metrics]
+    return metrics
+
+
+def _order(values, preferred) -> list:
+    values = list(dict.fromkeys(v for v in values if v is not None and v == v))
+    return [v for v in preferred if v in values] + sorted((v for v in values if v not in preferred), key=str)
+
+
+def _method_order() -> list[str]:
+    from qsattn.methods import METHODS
+
+    return list(METHODS)
+
+
+def row_label(method: str, variant: str = "") -> str:
+    return f"{method} [{variant}]" if variant else method
+
+
+def _seeds_text(seeds) -> str:
+    seeds = sorted(seeds, key=str)
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def ci95(values) -> tuple[float, float, float, float]:
+    """(mean, sample std, CI low, CI high) with Student's t at 95%; std, CI NaN where undefined."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        return (np.nan,) * 4
+    mean = float(x.mean())
+    if n == 1:
+        return mean, np.nan, np.nan, np.nan
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def table1_numbers(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 1 as numbers: one row per method (and ablation variant), dataset, metric and which (last or
+    best checkpoint), with n, mean, std, ci_low, ci_high, seeds, paper, paper_source, diff (ours minus
+    paper), paper_outside_ci and note (why a value is missing, or which seeds are left out)."""
+    paper = load_paper() if paper is None else paper
+    runs = df.drop_duplicates("run_id")
+    datasets = _order(runs["dataset"], DATASET_ORDER)
+    keyed = df.dropna(subset=["metric"]).set_index(["run_id", "metric"])["value"]
+    rows_methods = list(dict.fromkeys(zip(runs["method"], runs["variant"].fillna(""))))
+    paper_here = paper[paper["dataset"].isin(datasets)]
+    rows_methods += [(m, "") for m in paper_here["method"] if (m, "") not in rows_methods]
+    order = _method_order()
+    rows_methods.sort(key=lambda mv: (order.index(mv[0]) if mv[0] in order else len(order), mv[0], mv[1]))
+    lookup = {(r.method, r.dataset, r.metric): r for r in paper.itertuples()}
+    out = []
+    for dataset in datasets:
+        for method, variant in rows_methods:
+            cell = runs[(runs["dataset"] == dataset) & (runs["method"] == method) & (runs["variant"].fillna("") == variant)]
+            # one value per seed: the latest finished run of that seed
+            done = cell[cell["status"] == "finished"].sort_values("start_time").drop_duplicates("seed", keep="last")
+            failed = sorted(set(cell.loc[cell["status"] == "failed", "seed"]) - set(done["seed"]), key=str)
+            running = sorted(set(cell.loc[cell["status"] == "running", "seed"]) - set(done["seed"]), key=str)
+            for metric in table_metrics(dataset, df, paper):
+                ref = lookup.get((method, dataset, metric)) if not variant else None
+                for which in WHICH:
+                    name = f"{metric}_{which}"
+                    have = [(s, keyed[(r, name)]) for s, r in zip(done["seed"], done["run_id"]) if (r, name) in keyed.index]
+                    seeds = [s for s, _ in have]
+                    mean, std, lo, hi = ci95([v for _, v in have])
+                    notes = []
+                    if running:
+                        notes.append(f"running ({_seeds_text(running)})")
+                    if failed:
+                        notes.append(f"failed ({_seeds_text(failed)})")
+                    unlogged = sorted(set(done["seed"]) - set(seeds), key=str)
+                    if unlogged:
+                        why = "no epoch checkpoints scored" if which == "best" else "not logged"
+                        notes.append(f"{why} ({_seeds_text(unlogged)})")
+                    if cell.empty:
+                        notes = ["not run"]
+                    paper_value = float(ref.value) if ref is not None else np.nan
+                    outside = bool(len(have) > 1 and not np.isnan(paper_value) and not lo <= paper_value <= hi)
+                    out.append(dict(method=row_label(method, variant), dataset=dataset, metric=metric, which=which,
+                                    n=len(have), mean=mean, std=std, ci_low=lo, ci_high=hi,
+                                    seeds=",".join(map(str, seeds)), paper=paper_value,
+                                    paper_source=ref.source if ref is not None else "",
+                                    diff=mean - paper_value, paper_outside_ci=outside, note="; ".join(notes),
+                                    lower_is_better=metric in LOWER_IS_BETTER))
+    return pd.DataFrame(out)
+
+
+def _digits(*values) -> int:
+    finite = [abs(v) for v in values if v == v and v is not None]
+    big = max(finite) if finite else 0
+    return 1 if big >= 10 else 2 if big >= 1 else 3
+
+
+def format_cell(r, latex: bool = False) -> str:
+    """One of our cells as text: value, spread, seeds, interval, difference to the paper, mark."""
+    if r.n == 0:
+        return f"\\textit{{{_tex(r.note)}}}" if latex else (r.note or "no value")
+    d = _digits(r.mean, r.paper)
+    pm = " $\\pm$ " if latex else " ± "
+    text = f"{r.mean:.{d}f}"
+    if r.n == 1:
+        extra = "n=1, no CI"
+    else:
+        text += f"{pm}{r.std:.{d}f}"
+        extra = f"n={r.n}, CI [{r.ci_low:.{d}f}, {r.ci_high:.{d}f}]"
+    if r.paper == r.paper:
+        extra += f", Δ {r.diff:+.{d}f}" if not latex else f", $\\Delta$ {r.diff:+.{d}f}"
+    mark = ("$^\\dagger$" if latex else f" {OUTSIDE_MARK}") if r.paper_outside_ci else ""
+    note = f"; {r.note}" if r.note else ""
+    if latex:
+        return f"{text}{mark} {{\\scriptsize ({extra}{_tex(note)})}}"
+    return f"{text}{mark} ({extra}{note})"
+
+
+def format_paper(r, latex: bool = False) -> str:
+    if r.paper != r.paper:
+        return "\\textit{no published value}" if latex else "no published value"
+    return f"{r.paper:.{_digits(r.paper)}f}"
+
+
+def metric_label(metric: str) -> str:
+    label = METRIC_LABELS.get(metric, metric)
+    return f"{label} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+
+
+def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None, numbers: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 1 as text: rows = methods, columns = (dataset, metric, last | best | paper). Our cells read
+    'mean ± std (n=…, CI […], Δ vs paper)', with † where the paper's number is outside our 95% CI."""
+    numbers = table1_numbers(df, paper) if numbers is None else numbers
+    cells = {}
+    for r in numbers.itertuples():
+        cells[(r.method, (r.dataset, metric_label(r.metric), r.which))] = format_cell(r)
+        cells[(r.method, (r.dataset, metric_label(r.metric), "paper"))] = format_paper(r)
+    rows = list(dict.fromkeys(m for m, _ in cells))
+    cols = list(dict.fromkeys(c for _, c in cells))
+    table = pd.DataFrame([[cells.get((m, c), "") for c in cols] for m in rows], index=pd.Index(rows, name="method"),
+                         columns=pd.MultiIndex.from_tuples(cols, names=["dataset", "metric", "value"]))
+    return table
+
+
+# --- writers --------------------------------------------------------------------------------------------
+
+LEGEND = (f"Each cell: mean ± sample std over the seeds that finished (n), 95% CI (Student t; n=1 has none), "
+          f"Δ = ours − paper. {OUTSIDE_MARK}: the paper's number lies outside our 95% CI. 'last': the final "
+          "checkpoint; 'best': the best of the scored epoch checkpoints (published FIDs are usually "
+          "best-of-training). ↓ lower is better, ↑ higher is better.")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def runs_summary(df: pd.DataFrame) -> pd.DataFrame:
+    runs = df.drop_duplicates("run_id")
+    return runs.groupby(["dataset", "method", "status"]).size().unstack("status", fill_value=0)
+
+
+def protocol_lines(df: pd.DataFrame) -> list[str]:
+    runs = df.drop_duplicates("run_id")
+    lines = []
+    for col, label in (("fid_mode", "FID mode"), ("drn_arch", "DRN (Cityscapes scores)"), ("git_commit", "git commit")):
+        vals = sorted({str(v)[:12] for v in runs[col] if v not in ("", None) and v == v})
+        if vals:
+            lines.append(f"{label}: {', '.join(vals)}")
+    return lines
+
+
+def to_markdown(table: pd.DataFrame, df: pd.DataFrame, title: str) -> str:
+    parts = [f"# {title}", "", LEGEND, ""]
+    parts += [f"- {line}" for line in protocol_lines(df)] + [""]
+    for dataset in dict.fromkeys(table.columns.get_level_values("dataset")):
+        sub = table[dataset]
+        header = ["method"] + [f"{metric} {value}" for metric, value in sub.columns]
+        parts += [f"## {dataset}", "", _md_table(header, [[m] + list(row) for m, row in zip(sub.index, sub.values)]), ""]
+    summary = runs_summary(df)
+    parts += ["## Runs", "", _md_table(["dataset", "method"] + list(summary.columns),
+                                       [list(i) + [str(v) for v in row] for i, row in zip(summary.index, summary.values)]),
+              ""]
+    return "\n".join(parts)
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
+                 ("↓", "$\\downarrow$"), ("↑", "$\\uparrow$"), ("Δ", "$\\Delta$"), ("±", "$\\pm$"),
+                 ("†", "$^\\dagger$")):
+        text = str(text).replace(a, b)
+    return text
+
+
+def to_latex(numbers: pd.DataFrame, title: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs,graphicx}): datasets over metrics over last/best/paper."""
+    cols = list(dict.fromkeys(zip(numbers["dataset"], numbers["metric"])))
+    methods = list(dict.fromkeys(numbers["method"]))
+    by = {(r.method, r.dataset, r.metric, r.which): r for r in numbers.itertuples()}
+    lines = ["\\begin{table*}[t]", "\\centering", f"\\caption{{{_tex(title)}. {_tex(LEGEND)}}}",
+             "\\resizebox{\\textwidth}{!}{%", "\\begin{tabular}{l" + "ccc" * len(cols) + "}", "\\toprule"]
+    datasets = list(dict.fromkeys(d for d, _ in cols))
+    spans = [(d, sum(1 for dd, _ in cols if dd == d)) for d in datasets]
+    lines.append(" & " + " & ".join(f"\\multicolumn{{{3 * k}}}{{c}}{{{_tex(d)}}}" for d, k in spans) + " \\\\")
+    lines.append(" & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{_tex(metric_label(m))}}}" for _, m in cols) + " \\\\")
+    lines.append("method & " + " & ".join("last & best & paper" for _ in cols) + " \\\\")
+    lines.append("\\midrule")
+    for method in methods:
+        cells = []
+        for d, m in cols:
+            last, best = by.get((method, d, m, "last")), by.get((method, d, m, "best"))
+            cells += [format_cell(last, True), format_cell(best, True), format_paper(last, True)]
+        lines.append(f"{_tex(method)} & " + " & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table*}", ""]
+    return "\n".join(lines)
+
+
+def write_tables(df: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str) -> dict[str, Path]:
+    """table1.md, table1.csv (the text table), table1_numbers.csv (the numbers), table1.tex, runs.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = table1_numbers(df, paper)
+    table = table1(df, paper, numbers)
+    paths = {"md": out / "table1.md", "csv": out / "table1.csv", "numbers": out / "table1_numbers.csv",
+             "tex": out / "table1.tex", "runs": out / "runs.csv"}
+    paths["md"].write_text(to_markdown(table, df, title), encoding="utf-8")
+    flat = table.copy()
+    flat.columns = [" | ".join(c) for c in table.columns]
+    flat.to_csv(paths["csv"], encoding="utf-8")
+    numbers.to_csv(paths["numbers"], index=False, encoding="utf-8")
+    paths["tex"].write_text(to_latex(numbers, title), encoding="utf-8")
+    df.to_csv(paths["runs"], index=False, encoding="utf-8")
+    return paths
+
+
+def write_report(df: pd.DataFrame, paper: pd.DataFrame | None = None, out: str | Path | None = None,
+                 plots: bool = True, data_root: str | None = None) -> dict[str, Path]:
+    """Tables and (unless plots=False) figures of one sweep into `out` (default results/out/<experiment>)."""
+    paper = load_paper() if paper is None else paper
+    experiment = df.attrs.get("experiment") or "report"
+    out = Path(out) if out else DEFAULT_OUT / str(experiment)
+    title = f"Table 1 — sweep '{experiment}'"
+    paths = write_tables(df, paper, out, title)
+    if plots:
+        from results.plots import make_plots
+
+        paths.update(make_plots(df, paper, out, data_root=data_root))
+    return paths
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--experiment", default=None,
+                        help="the sweep's MLflow experiment (its grid's `experiment:` key, e.g. table1, demo); "
+                             "default: the grid's name of --runs-dir, else 'table1'")
+    parser.add_argument("--tracking-uri", default="",
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="read the run folders under DIR (metrics.json) instead of MLflow, e.g. runs/demo")
+    parser.add_argument("--out", default=None, help="output folder (default: results/out/<experiment>/)")
+    parser.add_argument("--paper", default=str(PAPER_CSV),
+                        help="published numbers, CSV method,dataset,metric,value,source (default: %(default)s)")
+    parser.add_argument("--data-root", default=None,
+                        help="where the datasets are, for the qualitative grid's inputs (default: each run's "
+                             "data_root)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def run(args) -> int:
+    try:
+        paper = load_paper(args.paper)
+        if args.runs_dir:
+            df = load_run_dirs(args.runs_dir)
+            if args.experiment:
+                df.attrs["experiment"] = args.experiment
+        else:
+            df = load_runs(args.tracking_uri, args.experiment or "table1")
+        paths = write_report(df, paper, args.out, plots=not args.no_plots, data_root=args.data_root)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(paths["md"].read_text(encoding="utf-8"))
+    print("written:\n" + "\n".join(f"  {p}" for p in paths.values()))
+    return 0
