@@ -6,6 +6,7 @@ folder). `tracking_uri: off` disables tracking (the GPU benchmark machine has no
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -42,6 +43,25 @@ def git_commit() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Serialise opening an SQLite store across processes: creating or migrating its schema from
+    several processes at once corrupts it ("table _alembic_tmp_... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class NullTracker:
     run_id = ""
 
@@ -59,8 +79,9 @@ class MlflowTracker:
                  retries: int = 3, backoff_s: float = 1.0):
         import mlflow
 
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
         self.retries, self.backoff_s = retries, backoff_s
+        with _store_lock(uri):  # jobs opening a fresh SQLite store at once race on its schema migration
+            self.client = self._call(mlflow.MlflowClient, tracking_uri=uri)
         self._pending: list[tuple] = []
         self._reported = False
         if run_id:
@@ -69,7 +90,8 @@ class MlflowTracker:
         else:
             exp = self._call(self.client.get_experiment_by_name, experiment)
             exp_id = exp.experiment_id if exp else self._create_experiment(experiment, uri)
-            self.run_id = self._call(self.client.create_run, exp_id, run_name=run_name, tags=tags or {}).info.run_id
+            tags = {k: str(v) for k, v in (tags or {}).items()}  # a server's REST API takes strings only
+            self.run_id = self._call(self.client.create_run, exp_id, run_name=run_name, tags=tags).info.run_id
 
     def _create_experiment(self, name: str, uri: str) -> str:
         try:
