@@ -1,0 +1,117 @@
+"""One sweep job: a checkpointable callable around one cell (dino's run_with_submitit `Trainer`).
+
+`__call__` runs the cell (train or resume, translate, evaluate: `qsattn.pipeline.run_cell`), and leaves
+small status records in the cell's run folder, `<run_dir>/sweep/{submitted,started,finished,failed}.json`,
+so that `status` needs neither sacct nor the submitit folder. `checkpoint()` is what submitit calls on
+preemption or near the time limit (signal USR2): it returns a fresh copy of the job to requeue; the
+requeued job resumes from the run folder's latest checkpoint and continues the same MLflow run (its id
+is kept in the run folder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import submitit
+
+from qsattn.config import Config
+
+RECORDS = ("submitted", "started", "finished", "failed", "preempted")
+STAGES = ("full", "train")
+SAVE_NOW_FILE = "SAVE_NOW"   # asks a running training to write a checkpoint now (see train-loop hook)
+
+
+def record_dir(run_dir: Path | str) -> Path:
+    return Path(run_dir) / "sweep"
+
+
+def write_record(run_dir: Path | str, kind: str, **fields) -> None:
+    """Atomically write <run_dir>/sweep/<kind>.json with a timestamp."""
+    assert kind in RECORDS, kind
+    folder = record_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"time": time.time(), "host": socket.gethostname(), **fields}
+    tmp = folder / f".{kind}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, folder / f"{kind}.json")
+
+
+def read_records(run_dir: Path | str) -> dict[str, dict]:
+    out = {}
+    for kind in RECORDS:
+        path = record_dir(run_dir) / f"{kind}.json"
+        try:
+            out[kind] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def job_id_here() -> str:
+    """The SLURM array element id (123_4) or job id, else this process's id (submitit's local job id)."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return env.get("SLURM_JOB_ID") or str(os.getpid())
+
+
+def train_only(cfg: Config) -> dict:
+    """`--stage train`: train or resume, nothing else (translate and evaluate later)."""
+    from qsattn.train import Run, train
+
+    run_dir = train(cfg, progress=False)
+    done = Run(cfg).done
+    return {"run_dir": str(run_dir), "trained": done.read_text().strip() if done.exists() else ""}
+
+
+def full_cell(cfg: Config) -> dict:
+    from qsattn.pipeline import run_cell  # imported in the job: the launcher never imports torch
+
+    return run_cell(cfg)
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """Runs one cell; requeues itself when preempted or near its time limit."""
+
+    def __init__(self, cfg: Config, stage: str = "full"):
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.cfg, self.stage = cfg, stage
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_root) / self.cfg.run_name()
+
+    def __call__(self) -> dict:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / SAVE_NOW_FILE).unlink(missing_ok=True)
+        write_record(self.run_dir, "started", job_id=job_id_here(), pid=os.getpid(), stage=self.stage,
+                     restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+        try:
+            result = (full_cell if self.stage == "full" else train_only)(self.cfg)
+        except Exception as exc:  # recorded for `status`, then re-raised so submitit reports it too
+            write_record(self.run_dir, "failed", job_id=job_id_here(), error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc(limit=20))
+            raise
+        write_record(self.run_dir, "finished", job_id=job_id_here(), stage=self.stage,
+                     result=result if isinstance(result, dict) else str(result))
+        return result
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on USR2 (preemption, time limit). The training loop is paused inside this
+        signal handler, so the checkpoint on disk (every `checkpoint_every` steps and each epoch end) is
+        the resume point; SAVE_NOW asks a training that polls it to save at its next step boundary."""
+        try:
+            (self.run_dir / SAVE_NOW_FILE).touch()
+            write_record(self.run_dir, "preempted", job_id=job_id_here(),
+                         restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+        except OSError:
+            pass
+        return submitit.helpers.DelayedSubmission(type(self)(self.cfg, self.stage))
