@@ -33,3 +33,39 @@ data: $(STAMP)
 BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 --steps 5 --warmup 2 --impl naive,chunked --device auto
 bench: $(STAMP)
 	$(PY) -m qsattn bench $(BENCH_ARGS)
+
+# --- results: Table 1 and plots (results/report.py) -------------------------------------------------------
+# `make report EXPERIMENT=demo`: table (Markdown, CSV, LaTeX) and plots of a sweep's MLflow experiment,
+# into results/out/<experiment>/. REPORT_ARGS passes more options (python -m qsattn report --help).
+EXPERIMENT ?= table1
+MLFLOW_URI ?= sqlite:///mlruns.db
+report: $(STAMP)
+	$(PY) -m qsattn report --experiment $(EXPERIMENT) --tracking-uri $(MLFLOW_URI) $(REPORT_ARGS)
+
+# `make reproduce-table1`: fetch the datasets that can be fetched, run experiments/table1.yaml, write the
+# report. CLUSTER=local (default: processes here) or CLUSTER=slurm PROFILE=<slurm/NAME.yaml> (waits for
+# the job array). Cityscapes' zips are fetched by hand (`python -m qsattn data --list`); until then its
+# cells fail and the table says so. FROM=released: the same table from the official released generators
+# (checkpoints/released/, see eval/released.py), scored with the same protocol.
+CLUSTER ?= local
+PROFILE ?=
+FROM ?= sweep
+reproduce-table1: $(STAMP)
+ifeq ($(FROM),released)
+	$(PY) -m results.released --out results/out/released
+	$(PY) -m qsattn report --released results/out/released --out results/out/table1-released $(REPORT_ARGS)
+else
+	$(PY) -m qsattn data horse2zebra
+	$(PY) -m qsattn data cat2dog
+	$(PY) -m qsattn data cityscapes || echo "Cityscapes is not prepared (see above); its cells will fail until it is."
+	-$(PY) -m qsattn sweep experiments/table1.yaml --cluster $(CLUSTER) $(if $(PROFILE),--profile $(PROFILE)) \
+		$(if $(filter slurm,$(CLUSTER)),--wait)
+	$(PY) -m qsattn report --experiment table1 --tracking-uri $(MLFLOW_URI) $(REPORT_ARGS)
+endif
+
+# `make mlflow-ui`: the MLflow UI on the project's store (http://127.0.0.1:5000); each sweep is one
+# experiment, with the tags method, dataset and seed as columns.
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+
+.PHONY: report reproduce-table1 mlflow-ui

@@ -250,6 +250,33 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+def load_released(folder: str | Path) -> pd.DataFrame:
+    """The same frame from scored official released generators (<folder>/<NAME>.json, written by
+    `python -m results.released`): one finished run per generator, seed 'released', values as `_last`."""
+    from eval.released import RELEASED
+
+    folder = Path(folder)
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        entry = RELEASED.get(path.stem)
+        if entry is None:
+            continue
+        result = json.loads(path.read_text())
+        protocol = result.get("protocol", {})
+        base = dict(sweep="released", cell=path.stem, variant="", method=entry.method, dataset=entry.dataset,
+                    seed="released", status="finished", status_detail=entry.source, run_id=path.stem, run_dir="",
+                    git_commit="", fid_mode=protocol.get("fid_kid", {}).get("mode", ""),
+                    drn_arch=protocol.get("cityscapes_seg", {}).get("drn_arch", ""),
+                    start_time=int(path.stat().st_mtime * 1000))
+        rows += [dict(base, metric=f"{k}_last", value=float(v)) for k, v in result.get("metrics", {}).items()
+                 if isinstance(v, (int, float)) and not k.startswith("n_")]
+    if not rows:
+        raise ReportError(f"no scored released generators in {folder}; run `python -m results.released --out {folder}`")
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS + ["metric", "value"])
+    df.attrs.update(source="released", experiment="released")
+    return df
+
+
 def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.DataFrame:
     """Metric histories of the frame's runs, tidy: run_id, method, variant, dataset, seed, metric, step,
     value. `keys`: metric names; `prefix`: every logged metric starting with it (e.g. 'checkpoint_').
@@ -431,7 +458,9 @@ def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None, numbers: pd.Data
         cells[(r.method, (r.dataset, metric_label(r.metric), r.which))] = format_cell(r)
         cells[(r.method, (r.dataset, metric_label(r.metric), "paper"))] = format_paper(r)
     rows = list(dict.fromkeys(m for m, _ in cells))
-    cols = list(dict.fromkeys(c for _, c in cells))
+    fields = ("last", "best", "paper")
+    cols = list(dict.fromkeys((d, m) for d, m, _ in dict.fromkeys(c for _, c in cells)))
+    cols = [(d, m, f) for d, m in cols for f in fields]
     table = pd.DataFrame([[cells.get((m, c), "") for c in cols] for m in rows], index=pd.Index(rows, name="method"),
                          columns=pd.MultiIndex.from_tuples(cols, names=["dataset", "metric", "value"]))
     return table
@@ -459,9 +488,13 @@ def runs_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def protocol_lines(df: pd.DataFrame) -> list[str]:
     runs = df.drop_duplicates("run_id")
+    fid_runs = df.loc[df["metric"].isin(["fid_last", "fid_standin_last"]), "run_id"]
+    seg_runs = df.loc[df["metric"] == "mAP_last", "run_id"]
     lines = []
-    for col, label in (("fid_mode", "FID mode"), ("drn_arch", "DRN (Cityscapes scores)"), ("git_commit", "git commit")):
-        vals = sorted({str(v)[:12] for v in runs[col] if v not in ("", None) and v == v})
+    for col, label, which in (("fid_mode", "FID mode", fid_runs), ("drn_arch", "DRN (Cityscapes scores)", seg_runs),
+                              ("git_commit", "git commit", runs["run_id"])):
+        sel = runs.loc[runs["run_id"].isin(which), col]
+        vals = sorted({str(v)[:12] for v in sel if v not in ("", None) and v == v})
         if vals:
             lines.append(f"{label}: {', '.join(vals)}")
     return lines
@@ -554,6 +587,8 @@ def add_arguments(parser) -> None:
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here)")
     parser.add_argument("--runs-dir", default=None,
                         help="read the run folders under DIR (metrics.json) instead of MLflow, e.g. runs/demo")
+    parser.add_argument("--released", default=None, metavar="DIR",
+                        help="the official released generators scored by `python -m results.released --out DIR`")
     parser.add_argument("--out", default=None, help="output folder (default: results/out/<experiment>/)")
     parser.add_argument("--paper", default=str(PAPER_CSV),
                         help="published numbers, CSV method,dataset,metric,value,source (default: %(default)s)")
@@ -566,7 +601,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     try:
         paper = load_paper(args.paper)
-        if args.runs_dir:
+        if args.released:
+            df = load_released(args.released)
+        elif args.runs_dir:
             df = load_run_dirs(args.runs_dir)
             if args.experiment:
                 df.attrs["experiment"] = args.experiment

@@ -287,3 +287,46 @@ def test_unknown_experiment_error_says_what_to_do(store):
 
     with pytest.raises(ReportError, match="pass --experiment"):
         load_runs(store[1], "nope")
+
+
+def test_released_generators_form_a_table(tmp_path):
+    from results.report import load_paper, load_released, table1_numbers
+
+    for name, fid in (("horse2zebra_cut_pretrained", 45.6), ("cat2dog_fastcut_pretrained", 94.2)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"metrics": {"fid": fid, "kid": 0.01, "n_images": 120}, "protocol": {"fid_kid": {"mode": "legacy_pytorch"}}}))
+    numbers = table1_numbers(load_released(tmp_path), load_paper())
+    cut = _cell(numbers, "cut", "horse2zebra", "fid", "last")
+    assert cut.n == 1 and cut["mean"] == 45.6 and cut["diff"] == pytest.approx(0.1)
+    assert _cell(numbers, "fastcut", "horse2zebra", "fid", "last").note == "not run"
+
+
+@pytest.mark.slow
+def test_report_end_to_end_from_the_demo_sweep(tmp_path):
+    """The real synthetic grid (experiments/demo.yaml: 3 methods, CPU, a few minutes), swept with the local
+    executor, then `report`: each table value equals the value the run logged to MLflow."""
+    from mlflow import MlflowClient
+
+    from results.report import load_runs
+
+    def qsattn(*args):
+        proc = subprocess.run([sys.executable, "-m", "qsattn", *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=1500)
+        assert proc.returncode == 0, f"qsattn {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    qsattn("synthetic", "--out", "datasets/synthetic", "--size", "32")
+    qsattn("sweep", str(ROOT / "experiments" / "demo.yaml"))
+    qsattn("report", "--experiment", "demo", "--out", "report")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert {r.data.tags["method"] for r in runs} == {"cut", "fastcut", "qsattn-global"}
+    numbers = pd.read_csv(tmp_path / "report" / "table1_numbers.csv")
+    for run in runs:
+        row = _cell(numbers, run.data.tags["method"], "synthetic", "gt_score", "last")
+        assert row.n == 1 and row["mean"] == pytest.approx(run.data.metrics["gt_score_last"])
+    assert (load_runs(uri, "demo").drop_duplicates("run_id")["status"] == "finished").all()
+    for stem in ("primary_metric", "loss_curves", "qualitative_synthetic"):
+        assert (tmp_path / "report" / f"{stem}.png").stat().st_size > 20_000, stem
+        assert (tmp_path / "report" / f"{stem}.pdf").stat().st_size > 2_000, stem
