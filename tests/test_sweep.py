@@ -1,0 +1,155 @@
+"""`python -m qsattn sweep` and `status` on the debug (in-process) and local (processes) executors:
+finished cells are skipped, failed ones reported and retried, an interrupted cell resumes from its
+checkpoint into the same MLflow run and ends with the weights of an uninterrupted run."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qsattn.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(device="cpu", deterministic=True, ngf=8, ndf=8, netF_nc=32, num_patches=32, crop_size=32, load_size=32,
+            max_steps=4, n_epochs=1, n_epochs_decay=0, log_every=1, checkpoint_every=1, sample_every=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from qsattn.synthetic import generate
+
+    root = tmp_path_factory.mktemp("data")
+    generate(root / "synthetic", size=32, n_train=8, n_test=4, seed=0)
+    return root
+
+
+def make_grid(folder: Path, data_root: Path, methods=("cut",), datasets=("synthetic",), run_root="runs",
+              **overrides) -> Path:
+    """A tiny grid on the synthetic set, all paths absolute so jobs may start anywhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    defaults = dict(TINY, run_root=str(folder / run_root), data_root=str(data_root),
+                    tracking_uri=f"sqlite:///{folder / 'mlruns.db'}", **overrides)
+    grid = {"name": "t", "defaults": defaults, "methods": list(methods), "datasets": list(datasets), "seeds": [0]}
+    path = folder / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def status_rows(grid: Path, capsys) -> dict[str, dict]:
+    capsys.readouterr()
+    assert cli(["status", str(grid), "--json", "--no-mlflow"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return {r["name"]: r for r in rows}
+
+
+def mlflow_runs(folder: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlruns.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
+
+
+def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, synthetic_root, capsys):
+    grid = make_grid(tmp_path, synthetic_root, methods=("cut", "fastcut"))
+    assert cli(["sweep", str(grid), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells, 2 to run" in out and "would run cut-synthetic-s0" in out
+    assert not (tmp_path / "runs").exists()
+    assert {r["state"] for r in status_rows(grid, capsys).values()} == {"pending"}
+    assert cli(["sweep", str(grid), "--dry-run", "--only", "method=fastcut"]) == 0
+    assert "1 cells, 1 to run" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("qsattn.pipeline") is None, reason="qsattn.pipeline not there yet")
+def test_a_finished_cell_is_skipped_and_keeps_its_one_mlflow_run(tmp_path, synthetic_root, capsys):
+    grid = make_grid(tmp_path, synthetic_root, methods=("qsattn-global",), max_steps=2)
+    assert cli(["sweep", str(grid), "--cluster", "debug"]) == 0
+    rows = status_rows(grid, capsys)
+    assert {r["state"] for r in rows.values()} == {"done"}
+    assert all(r["mlflow_run_id"] and r["metric"] for r in rows.values())
+    assert all((Path(r["run_dir"]) / "metrics.json").exists() for r in rows.values())
+    assert cli(["sweep", str(grid), "--cluster", "debug"]) == 0
+    out = capsys.readouterr().out
+    assert "skip    qsattn-global-synthetic-s0: done" in out and "0 to run" in out
+    runs = mlflow_runs(tmp_path)
+    assert sorted(r.info.run_id for r in runs) == sorted(r["mlflow_run_id"] for r in rows.values())
+
+
+def test_a_failed_cell_is_reported_then_retried_from_its_checkpoint_into_the_same_mlflow_run(
+        tmp_path, synthetic_root, capsys, monkeypatch):
+    import torch
+
+    import qsattn.train
+
+    real_step, calls = qsattn.train.train_step, []
+
+    def failing_step(state, *args):
+        calls.append(state.step)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure at step 3")
+        return real_step(state, *args)
+
+    grid = make_grid(tmp_path / "sweep", synthetic_root)
+    monkeypatch.setattr(qsattn.train, "train_step", failing_step)
+    assert cli(["sweep", str(grid), "--cluster", "debug", "--stage", "train"]) == 1
+    (row,) = status_rows(grid, capsys).values()
+    assert row["state"] == "failed" and "injected failure at step 3" in row["error"]
+    run_dir = Path(row["run_dir"])
+    run_id = (run_dir / "mlflow_run_id").read_text()
+
+    assert cli(["sweep", str(grid), "--cluster", "debug", "--stage", "train", "--no-retry"]) == 0
+    assert "failed (--no-retry)" in capsys.readouterr().out
+    assert cli(["sweep", str(grid), "--cluster", "debug", "--stage", "train"]) == 0
+    (row,) = status_rows(grid, capsys).values()
+    assert row["state"] == "trained" and row["mlflow_run_id"] == run_id
+    assert calls[3] == 2, "the retry resumed from the step-2 checkpoint"
+    (run,) = mlflow_runs(tmp_path / "sweep")
+    assert run.info.run_id == run_id
+    import mlflow
+
+    history = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'sweep' / 'mlruns.db'}").get_metric_history(run_id, "NCE")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+
+    monkeypatch.setattr(qsattn.train, "train_step", real_step)
+    reference = make_grid(tmp_path / "reference", synthetic_root)
+    assert cli(["sweep", str(reference), "--cluster", "debug", "--stage", "train"]) == 0
+    (ref_row,) = status_rows(reference, capsys).values()
+    got = torch.load(run_dir / "latest_net_G.pth", weights_only=True)
+    want = torch.load(Path(ref_row["run_dir"]) / "latest_net_G.pth", weights_only=True)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_a_live_job_is_not_submitted_twice(tmp_path, synthetic_root, monkeypatch):
+    from slurm import status as status_mod
+    from slurm.grid import expand
+    from slurm.job import write_record
+    from slurm.sweep import plan
+
+    cells = expand(make_grid(tmp_path, synthetic_root, methods=("cut", "fastcut")))
+    write_record(cells[0].run_dir, "submitted", job_id="77_0")
+    write_record(cells[1].run_dir, "started", job_id="77_1", pid=0)
+    monkeypatch.setattr(status_mod, "live_jobs", lambda: {"77_0": "PENDING"})
+    todo, skipped = plan(cells, "full")
+    assert skipped == {"cut-synthetic-s0": "queued (job 77_0)"}
+    assert [c.name for c in todo] == ["fastcut-synthetic-s0"]
+    assert status_mod.cell_status(cells[1], {}).state == "interrupted"
+
+
+def test_the_local_executor_runs_cells_as_processes(tmp_path, synthetic_root):
+    grid = make_grid(tmp_path, synthetic_root, methods=("cut", "fastcut"), max_steps=2)
+    cmd = [sys.executable, "-m", "qsattn", "sweep", str(grid), "--cluster", "local", "--stage", "train",
+           "--max-parallel", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert out.stdout.count("started ") == 2 and out.stdout.count("done    ") == 2
+    status = subprocess.run([sys.executable, "-m", "qsattn", "status", str(grid), "--json", "--no-mlflow"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    rows = [json.loads(line) for line in status.stdout.splitlines()]
+    assert [r["state"] for r in rows] == ["trained", "trained"]
+    records = [json.loads((Path(r["run_dir"]) / "sweep" / "started.json").read_text()) for r in rows]
+    assert all(str(rec["pid"]) == r["job_id"] for rec, r in zip(records, rows))
