@@ -23,8 +23,11 @@ cuBLAS may pick another GEMM algorithm for a chunk's shape than for the full mat
 so entropies can differ in the last bit there; selection then agrees except between rows whose
 entropies are within rounding of each other.
 
-Local windows are gathered from the zero-padded feature map by index (a copy, no arithmetic), so they
-equal `F.unfold`'s columns bitwise, for either `local_layout`.
+Local windows: the entropies unfold one band of image rows at a time (`F.unfold` of the zero-padded
+rows the band needs), and the N selected windows are gathered from the padded map by index; both are
+copies, so they equal the naive `F.unfold` columns bitwise, for either `local_layout`. The k² logits
+are the naive matmul on them. (k² shifted dot products, Σ_c f·shift(f), would avoid even the band's
+copy, but sum in another order, and that changes which near-tied rows are selected.)
 """
 from __future__ import annotations
 
@@ -37,10 +40,10 @@ from qsattn.sampler import _gather_rows, row_entropy, select_rows
 MIN_ROWS = 64
 
 
-def row_chunks(length: int, chunk: int) -> list[slice]:
+def row_chunks(length: int, chunk: int, min_rows: int = MIN_ROWS) -> list[slice]:
     """Split range(length) into floor(length / chunk) nearly equal slices, none shorter than
-    min(length, MIN_ROWS) (see module doc: short GEMMs round differently)."""
-    chunk = max(chunk, MIN_ROWS)
+    min(length, chunk, min_rows) (see module doc: short GEMMs round differently)."""
+    chunk = max(chunk, min_rows)
     n = max(1, length // chunk)
     bounds = [length * i // n for i in range(n + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -108,23 +111,30 @@ def _keys(cols: torch.Tensor, window: int, layout: str) -> torch.Tensor:
     raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
 
 
-def _local_logits(feat, pos, window, layout):
-    flat = feat.flatten(2)  # (B, C, HW); the query rows keep the naive (B, ·, C) strides
-    if pos.dim() == 1:
-        f = flat[:, :, pos].transpose(1, 2)
-    else:
-        f = torch.gather(flat, 2, pos[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
-    keys = _keys(unfold_columns(feat, pos, window), window, layout)
-    return torch.matmul(keys, f.unsqueeze(-1)).squeeze(-1)            # (B, P, k²), the naive matmul
+def _local_logits(feat, ids, window, layout):
+    """Local logits (B, N, k²) of the positions ids (B, N), with the naive matmul and operand strides."""
+    flat = feat.flatten(2)                                               # (B, C, HW)
+    f = torch.gather(flat, 2, ids[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
+    keys = _keys(unfold_columns(feat, ids, window), window, layout)
+    return torch.matmul(keys, f.unsqueeze(-1)).squeeze(-1)
 
 
 @torch.no_grad()
 def local_entropy(feat: torch.Tensor, window: int, layout: str, chunk: int) -> torch.Tensor:
-    """feat (B, C, H, W) -> entropy of each position's local attention, (B, HW), `chunk` positions at a time."""
-    L = feat.shape[2] * feat.shape[3]
-    pos = torch.arange(L, device=feat.device)
-    return torch.cat([row_entropy(_local_logits(feat, pos[rows], window, layout).softmax(dim=2))
-                      for rows in row_chunks(L, chunk)], dim=1)
+    """feat (B, C, H, W) -> entropy of each position's local attention, (B, HW), a band of image rows
+    (about `chunk` positions, at least MIN_ROWS) at a time. Each band is `F.unfold` of the zero-padded
+    rows it needs: the naive columns, bitwise, without unfolding the whole map."""
+    B, C, H, W = feat.shape
+    r = window // 2
+    padded = F.pad(feat, (r, r, r, r))
+    rows_per_band = -(-max(chunk, MIN_ROWS) // W)
+    out = []
+    for band in row_chunks(H, rows_per_band, min_rows=1):                           # >= rows_per_band rows each
+        cols = F.unfold(padded[:, :, band.start:band.stop + 2 * r], window)  # (B, C·k², rows·W)
+        f = feat[:, :, band].flatten(2).transpose(1, 2)                  # (B, rows·W, C)
+        logits = torch.matmul(_keys(cols, window, layout), f.unsqueeze(-1)).squeeze(-1)
+        out.append(row_entropy(logits.softmax(dim=2)))
+    return torch.cat(out, dim=1)
 
 
 def local_rows(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
