@@ -14,7 +14,7 @@ import torch
 
 # Keys that may differ between a run and its resumed continuation; any other difference is an error.
 RESUMABLE_DIFFERENCES = {
-    "name", "run_root", "data_root", "max_steps", "max_images", "device", "num_workers", "log_every",
+    "name", "run_root", "data_root", "max_steps", "max_images", "device", "num_workers", "num_threads", "log_every",
     "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "tracking_uri", "experiment",
     "skip_bad_images", "qs_impl", "qs_chunk", "eval_metrics", "fid_mode", "inception_weights", "drn_weights",
     "drn_arch",

@@ -84,6 +84,8 @@ class Config:
     max_dataset_size: int = 0         # 0: no cap
     skip_bad_images: bool = False     # unreadable images: error (default) or skip and count
     num_workers: int = 0
+    num_threads: int = 0              # torch CPU threads (0: torch's default). Set cores / cells when
+                                      # several runs share a CPU: oversubscribed threads run 10x slower
 
     # --- engine ------------------------------------------------------------------------------------
     device: str = "auto"              # auto | cpu | cuda | cuda:N

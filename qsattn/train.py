@@ -107,6 +107,8 @@ def train(cfg: Config, progress: bool = True) -> Path:
     (run.dir / "config.yaml").write_text(_yaml(cfg))
 
     device = pick_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed, cfg.deterministic)
     dataset = make_dataset(cfg)
     state = create_state(cfg, device)
