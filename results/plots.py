@@ -42,7 +42,7 @@ def _save(fig, out: Path, stem: str) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {f"{stem}.png": out / f"{stem}.png", f"{stem}.pdf": out / f"{stem}.pdf"}
-    fig.savefig(paths[f"{stem}.png"], dpi=200, bbox_inches="tight")
+    fig.savefig(paths[f"{stem}.png"], dpi=160, bbox_inches="tight")
     fig.savefig(paths[f"{stem}.pdf"], bbox_inches="tight")
     plt.close(fig)
     return paths
@@ -85,7 +85,7 @@ def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path) -> dict[str
         return {}
     datasets = [d for d in datasets if d in set(data["dataset"])]
     methods = _methods(data["method"])
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.0, 0.9 * len(methods) + 2.5) * len(datasets), 5.2),
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(7.0 / len(datasets), 5.0, 0.9 * len(methods) + 2.5) * len(datasets), 5.2),
                              squeeze=False)
     whiches = [w for w in ("last", "best") if w in set(data["which"])]
     has_paper = False
@@ -163,7 +163,7 @@ def checkpoint_curves(df: pd.DataFrame, history: pd.DataFrame, out: Path) -> dic
                 if f"checkpoint_{primary_metric_of(d, df)}" in set(data.loc[data["dataset"] == d, "metric"])]
     if not datasets:
         return {}
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(6.4 * len(datasets), 9.0), 4.8), squeeze=False)
     palette = dict(zip(_methods(data["label"]), sns.color_palette("deep")))
     legend: dict = {}
     for ax, dataset in zip(axes[0], datasets):
@@ -189,7 +189,13 @@ def checkpoint_curves(df: pd.DataFrame, history: pd.DataFrame, out: Path) -> dic
         labels += ["best checkpoint (per run)", "last scored checkpoint (per run)"]
         legend.update(zip(labels, handles))
         ax.get_legend().remove()
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = sorted(sub["step"].unique())
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+            if len(epochs) == 1:
+                ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     labels = [f"{label}: mean ± 1 sd over seeds" if label in palette else label for label in legend]
     fig.tight_layout()
     fig.legend(list(legend.values()), labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3),

@@ -3,6 +3,7 @@
     python -m qsattn report --experiment table1                  # the store of $MLFLOW_TRACKING_URI / mlruns.db
     python -m qsattn report --experiment demo --out results/out/demo
     python -m qsattn report --runs-dir runs/demo                 # no MLflow: each run folder's metrics.json
+    python -m qsattn report --released results/out/released      # official generators (python -m results.released)
 
 Each cell of the table is the mean ± standard deviation over the seeds that finished, with the number
 of seeds and a 95% confidence interval (Student t; one seed gives no interval, and the cell says so).
@@ -412,9 +413,14 @@ def table1_numbers(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Da
 
 
 def _digits(*values) -> int:
-    finite = [abs(v) for v in values if v == v and v is not None]
+    """Decimals to print: one for FID-sized numbers, at least three significant figures below 1."""
+    finite = [abs(v) for v in values if v is not None and v == v and v != 0]
     big = max(finite) if finite else 0
-    return 1 if big >= 10 else 2 if big >= 1 else 3
+    if big >= 10:
+        return 1
+    if big >= 1 or big == 0:
+        return 2
+    return max(3, 2 - math.floor(math.log10(big)))
 
 
 def format_cell(r, latex: bool = False) -> str:
