@@ -69,3 +69,21 @@ mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
 
 .PHONY: report reproduce-table1 mlflow-ui
+
+# `make sweep GRID=experiments/demo.yaml [CLUSTER=local|slurm|debug] [PROFILE=local] [ONLY="method=cut"]`:
+# run (or resume) every cell of a grid; `make sweep ... SWEEP_ARGS=--dry-run` lists them.
+GRID ?= experiments/demo.yaml
+sweep: $(STAMP)
+	$(PY) -m qsattn sweep $(GRID) --cluster $(CLUSTER) $(if $(PROFILE),--profile $(PROFILE)) \
+		$(foreach o,$(ONLY),--only $(o)) $(SWEEP_ARGS)
+	$(PY) -m qsattn status $(GRID)
+
+# The single-node SLURM cluster on this machine (needs root and: apt-get install -y slurm-wlm munge).
+# Then: export SLURM_CONF=/tmp/qsattn-slurm/slurm.conf; make sweep CLUSTER=slurm PROFILE=local
+slurm-up:
+	slurm/local-cluster.sh start
+
+slurm-down:
+	slurm/local-cluster.sh stop
+
+.PHONY: sweep slurm-up slurm-down
