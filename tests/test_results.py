@@ -74,7 +74,7 @@ def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: 
     tracker = open_tracker(cfg, run_dir, tags)
     tracker.log_params(cfg.to_dict())
     rng = np.random.default_rng(hash((method, dataset, seed)) % 2**32)
-    for step in range(25, 201, 25):
+    for step in range(50, 201, 50):
         k = METHODS.index(method)
         losses = {"G": (2 + k) / math.sqrt(step) + rng.random() * 0.05, "NCE": (1.5 + k / 2) / math.sqrt(step),
                   "D": 0.25 + 0.1 * k + rng.random() * 0.02, "G_GAN": 0.5 - 0.05 * k + rng.random() * 0.02,
