@@ -52,6 +52,12 @@ PROFILE ?=
 FROM ?= sweep
 reproduce-table1: $(STAMP)
 ifeq ($(FROM),released)
+	$(PY) -m qsattn data horse2zebra
+	$(PY) -m qsattn data cat2dog
+	$(PY) -m qsattn data cityscapes || echo "Cityscapes is not prepared (see above); its generators are skipped."
+	test -d checkpoints/released/horse2zebra_cut_pretrained || { mkdir -p checkpoints/released && \
+		curl -fL -o checkpoints/released/pretrained_models.tar http://efrosgans.eecs.berkeley.edu/CUT/pretrained_models.tar && \
+		tar -xf checkpoints/released/pretrained_models.tar -C checkpoints/released && rm checkpoints/released/pretrained_models.tar; }
 	$(PY) -m results.released --out results/out/released
 	$(PY) -m qsattn report --released results/out/released --out results/out/table1-released $(REPORT_ARGS)
 else
