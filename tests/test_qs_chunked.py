@@ -81,7 +81,7 @@ def _select_route(impl, mode, feat, n, layout, chunk):
 @pytest.mark.parametrize("mode", ["global", "local", "global+local"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kind", ["random", "saturated", "ties"])
-@pytest.mark.parametrize("B,C,side,chunk", SHAPES[:4])
+@pytest.mark.parametrize("B,C,side,chunk", SHAPES[:3])
 def test_same_indices_routed_features_and_gradients(B, C, side, chunk, kind, layout, mode):
     if mode == "global" and layout == "corrected":
         pytest.skip("global mode has no local layout")
@@ -159,7 +159,7 @@ def test_train_step_chunked_equals_naive(method):
         cfg = resolve({"method": method, "ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32,
                        "qs_impl": impl, "qs_chunk": 100})
         state = create_state(cfg)
-        A, B = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+        A, B = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1  # QS layers 8×8
         return train_step(state, A, B), state
 
     (ref_losses, ref), (losses, got) = run("naive"), run("chunked")
