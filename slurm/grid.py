@@ -39,7 +39,7 @@ from qsattn.config import Config, ConfigError, resolve
 
 # Keys that say where and how a run is recorded, not what it computes: left out of the cell id.
 RUN_MANAGEMENT_KEYS = frozenset({
-    "name", "run_root", "data_root", "tracking_uri", "experiment", "device", "num_workers", "log_every",
+    "name", "run_root", "data_root", "tracking_uri", "experiment", "device", "num_workers", "num_threads", "log_every",
     "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "inception_weights", "drn_weights",
 })
 

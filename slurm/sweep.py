@@ -89,15 +89,19 @@ def make_executor(cluster: str, folder: Path, profile: dict):
     raise GridError(f"--cluster {cluster}: expected local, slurm or debug")
 
 
-def absolute_paths(cell: Cell) -> Cell:
-    """Run and data folders and the MLflow store made absolute: jobs may start in another folder."""
+def for_jobs(cell: Cell, threads: int = 0) -> Cell:
+    """Run and data folders and the MLflow store made absolute (jobs may start in another folder), and
+    torch's CPU threads set to the job's share of cores where the grid leaves num_threads at 0:
+    several processes each using every core run many times slower."""
     from qsattn.tracking import resolve_uri
 
     cfg = cell.config
     uri = cfg.tracking_uri if cfg.tracking_uri == "off" else resolve_uri(cfg.tracking_uri)
-    cfg = dataclasses.replace(cfg, run_root=str(Path(cfg.run_root).absolute()),
-                              data_root=str(Path(cfg.data_root).absolute()), tracking_uri=uri)
-    return dataclasses.replace(cell, config=cfg)
+    changes = dict(run_root=str(Path(cfg.run_root).absolute()), data_root=str(Path(cfg.data_root).absolute()),
+                   tracking_uri=uri)
+    if threads and hasattr(cfg, "num_threads") and not cfg.num_threads:
+        changes["num_threads"] = threads
+    return dataclasses.replace(cell, config=dataclasses.replace(cfg, **changes))
 
 
 def prepare_tracking(cells: list[Cell]) -> None:
@@ -253,9 +257,11 @@ def run(args) -> int:
         return 0
     if not todo:
         return 0
-    todo = [absolute_paths(c) for c in todo]
+    max_parallel = int(profile.get("max_parallel") or max(1, (os.cpu_count() or 2) // 2))
+    threads = {"local": max(1, (os.cpu_count() or 1) // max_parallel),
+               "slurm": int(profile.get("cpus_per_task") or 0)}.get(args.cluster, 0)
+    todo = [for_jobs(c, threads) for c in todo]
     prepare_tracking(todo)
     folder = Path(args.folder) if args.folder else Path(todo[0].config.run_root) / "_submitit"
-    max_parallel = int(profile.get("max_parallel") or max(1, (os.cpu_count() or 2) // 2))
     failed = submit(todo, args.cluster, profile, folder.absolute() / "%j", args.stage, max_parallel, args.wait)
     return 1 if failed else 0

@@ -15,7 +15,7 @@ import yaml
 from qsattn.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(device="cpu", deterministic=True, ngf=8, ndf=8, netF_nc=32, num_patches=32, crop_size=32, load_size=32,
+TINY = dict(device="cpu", deterministic=True, num_threads=1, ngf=8, ndf=8, netF_nc=32, num_patches=32, crop_size=32, load_size=32,
             max_steps=4, n_epochs=1, n_epochs_decay=0, log_every=1, checkpoint_every=1, sample_every=0)
 
 
