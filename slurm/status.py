@@ -22,6 +22,7 @@ from slurm.grid import Cell, GridError, expand, select
 
 PRIMARY_METRICS = ("fid_last", "fid", "gt_score_last", "gt_score", "fid_standin_last", "mAP_last", "kid_last")
 TRAIN_METRICS = ("NCE", "G", "D")
+DONE_FILE = "DONE"  # qsattn.train.DONE_FILE; not imported from there, which would import torch
 
 
 @dataclass
@@ -78,7 +79,6 @@ def _result_metric(run_dir: Path) -> str:
 
 def cell_status(cell: Cell, live: dict[str, str]) -> CellStatus:
     from slurm.job import read_records
-    from qsattn.train import DONE_FILE
 
     run_dir = cell.run_dir
     st = CellStatus(cell.name, cell.id, "pending", run_dir=str(run_dir))
