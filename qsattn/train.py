@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,15 @@ from qsattn.model import TrainState, create_state, end_epoch, generator_forward,
 log = logging.getLogger("qsattn.train")
 
 DONE_FILE = "DONE"
+
+# Set (e.g. from a preemption signal handler) to make the loop save at the next step boundary and raise
+# `Stopped`: a preempted job then loses no step. `RUNNING` tells a handler whether a loop will see it.
+STOP = threading.Event()
+RUNNING = threading.Event()
+
+
+class Stopped(Exception):
+    """Training stopped on request after saving its checkpoint; run again to resume."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -146,11 +156,15 @@ def train(cfg: Config, progress: bool = True) -> Path:
     running: dict[str, torch.Tensor] = {}
     t_last, step_last = time.time(), state.step
     status = "FAILED"
+    RUNNING.set()
     try:
         while state.epoch <= total_epochs(cfg) and state.step < max_steps:
             dataset.set_epoch(state.epoch, cfg.n_epochs)  # official: no resize-crop while lr decays
             order = epoch_order(len(dataset), cfg.seed, state.epoch)
             while position < n_batches and state.step < max_steps:
+                if STOP.is_set():
+                    save(position)
+                    raise Stopped(f"stopped on request at step {state.step}; {run.latest} holds it")
                 idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size].tolist()
                 real_A, real_B = collate([dataset[i] for i in idx])
                 real_A, real_B = real_A.to(device, non_blocking=True), real_B.to(device, non_blocking=True)
@@ -188,10 +202,11 @@ def train(cfg: Config, progress: bool = True) -> Path:
             tracker.log_artifact(run.dir / "samples" / "final.png", "samples")
         run.done.write_text(f"step {state.step}\n")
         status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except (KeyboardInterrupt, Stopped):
+        status = "STOPPED"
         raise
     finally:
+        RUNNING.clear()
         bar.close()
         if status != "FINISHED":
             # the latest checkpoint on disk is the resume point; the MLflow run stays open for it

@@ -22,7 +22,6 @@ from qsattn.config import Config
 
 RECORDS = ("submitted", "started", "finished", "failed", "preempted")
 STAGES = ("full", "train")
-SAVE_NOW_FILE = "SAVE_NOW"   # asks a running training to write a checkpoint now (see train-loop hook)
 
 
 def record_dir(run_dir: Path | str) -> Path:
@@ -91,11 +90,10 @@ class CellJob(submitit.helpers.Checkpointable):
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / SAVE_NOW_FILE).unlink(missing_ok=True)
         write_record(self.run_dir, "started", job_id=job_id_here(), pid=os.getpid(), stage=self.stage,
                      restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
         try:
-            result = (full_cell if self.stage == "full" else train_only)(self.cfg)
+            result = self._run_saving_on_preemption()
         except Exception as exc:  # recorded for `status`, then re-raised so submitit reports it too
             write_record(self.run_dir, "failed", job_id=job_id_here(), error=f"{type(exc).__name__}: {exc}",
                          traceback=traceback.format_exc(limit=20))
@@ -104,12 +102,37 @@ class CellJob(submitit.helpers.Checkpointable):
                      result=result if isinstance(result, dict) else str(result))
         return result
 
-    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit on USR2 (preemption, time limit). The training loop is paused inside this
-        signal handler, so the checkpoint on disk (every `checkpoint_every` steps and each epoch end) is
-        the resume point; SAVE_NOW asks a training that polls it to save at its next step boundary."""
+    def _run_saving_on_preemption(self) -> dict:
+        """submitit's USR2 handler requeues and exits at once, losing the steps since the last checkpoint.
+        While training runs, USR2 instead asks the loop to save at its next step boundary and stop
+        (`qsattn.train.STOP`); then submitit's own handler is called (checkpoint() and requeue)."""
+        import signal
+
+        from qsattn import train as training
+
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if not callable(submitit_handler):
+            return (full_cell if self.stage == "full" else train_only)(self.cfg)
+
+        def on_usr2(signum, frame):
+            if training.RUNNING.is_set():
+                training.STOP.set()
+            else:
+                submitit_handler(signum, frame)
+
+        signal.signal(signal.SIGUSR2, on_usr2)
         try:
-            (self.run_dir / SAVE_NOW_FILE).touch()
+            return (full_cell if self.stage == "full" else train_only)(self.cfg)
+        except training.Stopped:
+            submitit_handler(signal.SIGUSR2, None)  # checkpoint() + requeue, then exits
+            raise
+        finally:
+            signal.signal(signal.SIGUSR2, submitit_handler)
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on USR2 (preemption, time limit), after the training saved its checkpoint
+        (see _run_saving_on_preemption); the requeued copy resumes from it."""
+        try:
             write_record(self.run_dir, "preempted", job_id=job_id_here(),
                          restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
         except OSError:

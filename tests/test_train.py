@@ -136,3 +136,27 @@ def test_a_resumed_run_continues_the_same_mlflow_run(data_root, tmp_path):
     assert len(runs) == 1
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "G")] == [2, 4]
     assert runs[0].data.tags["method"] == "qsattn-global" and runs[0].data.params["ngf"] == "8"
+
+
+def test_a_stop_request_saves_at_the_next_step_and_loses_nothing(data_root, tmp_path, monkeypatch):
+    """What a preempted sweep job does on USR2 (slurm/job.py): the loop saves, then raises Stopped."""
+    from qsattn import train as training
+
+    real_step = training.train_step
+
+    def step_then_request_stop(state, *args):
+        losses = real_step(state, *args)
+        if state.step == 5:
+            training.STOP.set()
+        return losses
+
+    monkeypatch.setattr(training, "train_step", step_then_request_stop)
+    cfg = resolve({"data_root": str(data_root), "run_root": str(tmp_path), "tracking_uri": "off",
+                   **dict(kv.split("=") for kv in TINY), "checkpoint_every": 100})
+    try:
+        with pytest.raises(training.Stopped):
+            training.train(cfg, progress=False)
+    finally:
+        training.STOP.clear()
+    assert ckpt_io.load(tmp_path / cfg.run_name() / "checkpoints" / "latest.pt")["step"] == 5
+    assert not training.RUNNING.is_set()
