@@ -1,0 +1,88 @@
+"""CUDA code paths. Skipped, with the reason shown, where no GPU is present (CI, developer machines).
+
+Run on a GPU machine from the working tree with torch alone: `PYTHONPATH=. python -m pytest tests/test_gpu.py`.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsattn import checkpoint as ckpt_io
+from qsattn.config import resolve
+from qsattn.model import create_state, discriminator_loss, generator_loss, train_step
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_cut_matches_the_official_fixtures_on_cuda():
+    common = torch.load(FIXTURES / "parity_common.pt", weights_only=True)
+    fx = torch.load(FIXTURES / "parity_cut.pt", weights_only=True)
+    cfg = resolve({"method": "cut", "ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32})
+    state = create_state(cfg, "cuda")
+    for name in ("G", "D", "F"):
+        state.modules()[name].load_state_dict(common[name], strict=True)
+    A, B = common["real_A"].cuda(), common["real_B"].cuda()
+    fake = state.G(torch.cat([A, B]))
+    torch.testing.assert_close(fake[:1].cpu(), common["fake_B"], rtol=1e-4, atol=1e-4)
+    loss_D = discriminator_loss(state, fake[:1], B)[0]
+    torch.testing.assert_close(loss_D.cpu(), common["loss_D"], rtol=1e-4, atol=1e-5)
+    ids = [i.cuda() for i in fx["patch_ids"]]
+    ids_idt = [i.cuda() for i in fx["patch_ids_idt"]]
+    losses = generator_loss(state, A, B, fake[:1], fake[1:], patch_ids=ids, patch_ids_idt=ids_idt)
+    for ours, ref in (("NCE", "loss_NCE"), ("NCE_Y", "loss_NCE_Y"), ("G", "loss_G")):
+        torch.testing.assert_close(losses[ours].cpu(), fx[ref], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["qsattn-global", "qsattn-local", "qsattn-global-local"])
+def test_chunked_selects_what_naive_selects_on_cuda(method):
+    from qsattn.sampler import build_sampler
+
+    cfg = resolve({"method": method, "num_patches": 256, "qs_chunk": 512})
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 256, 32, 32, device="cuda") for _ in range(5)]
+    naive, chunked = build_sampler(cfg).cuda(), build_sampler(resolve({**cfg.to_dict(), "qs_impl": "chunked"})).cuda()
+    naive.build([256] * 5, "cuda")
+    chunked.build([256] * 5, "cuda")
+    chunked.load_state_dict(naive.state_dict(), strict=True)
+    ids = [torch.arange(256, device="cuda")] * 3 + [None, None]
+    out_n, ids_n, _ = naive(feats, patch_ids=ids)
+    out_c, ids_c, _ = chunked(feats, patch_ids=ids)
+    for layer in cfg.qs_layers:
+        assert torch.equal(ids_n[layer], ids_c[layer]), f"layer {layer}"
+        torch.testing.assert_close(out_c[layer], out_n[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_training_resumes_and_translates_on_cuda(tmp_path):
+    from qsattn.synthetic import generate
+    from qsattn.train import train
+
+    generate(tmp_path / "data" / "synthetic", size=32, n_train=6, n_test=2)
+    base = {"data_root": str(tmp_path / "data"), "run_root": str(tmp_path / "runs"), "tracking_uri": "off",
+            "device": "cuda", "ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32,
+            "load_size": 32, "sample_every": 2, "checkpoint_every": 2, "name": "r"}
+    run_dir = train(resolve({**base, "max_steps": 3}), progress=False)
+    (run_dir / "DONE").unlink()
+    train(resolve({**base, "max_steps": 5}), progress=False)
+    ckpt = ckpt_io.load(run_dir / "checkpoints" / "latest.pt")
+    assert ckpt["step"] == 5 and "cuda" in ckpt["rng"]
+    assert all(torch.isfinite(v).all() for v in ckpt["net_G"].values())
+    out = subprocess.run([sys.executable, "-m", "qsattn", "translate", "--checkpoint", str(run_dir / "checkpoints" / "latest.pt"),
+                          "--input", str(tmp_path / "data" / "synthetic" / "testA"), "--output", str(tmp_path / "out"),
+                          "--device", "cuda"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+def test_one_step_of_every_method_on_cuda():
+    for method in ("cut", "fastcut", "qsattn-global", "qsattn-local", "qsattn-global-local"):
+        torch.manual_seed(0)
+        state = create_state(resolve({"method": method, "crop_size": 256}), "cuda")
+        A, B = torch.rand(1, 3, 256, 256, device="cuda") * 2 - 1, torch.rand(1, 3, 256, 256, device="cuda") * 2 - 1
+        losses = train_step(state, A, B)
+        assert all(torch.isfinite(v) for v in losses.values()), method
