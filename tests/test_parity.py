@@ -72,7 +72,7 @@ def test_nce_losses_selection_and_gradients_match_official(common, case):
     if case != "cut":
         for layer, (ref_ids, ref_attn) in enumerate(zip(fx["qs_ids"], fx["attn_mats"])):
             assert torch.equal(ids[3 + layer], ref_ids), f"selected indices of QS layer {layer}"
-            torch.testing.assert_close(attns[3 + layer].reshape(ref_attn.shape), ref_attn, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(attns[3 + layer].reshape(ref_attn.shape), ref_attn, rtol=1e-4, atol=1e-5)
 
     losses = generator_loss(state, real_A, real_B, fake_B, idt_B, patch_ids=ids_or_none(fx["patch_ids"]),
                             patch_ids_idt=ids_or_none(fx["patch_ids_idt"]))
