@@ -121,7 +121,6 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-@pytest.mark.slow  # starting the server and 8 clients takes a minute or more on 2 cores
 def test_eight_writers_to_a_local_mlflow_server_lose_nothing(tmp_path, mlflow_server):
     run_ids = _run_writers(mlflow_server, "concurrency", tmp_path)
     _check_nothing_lost(mlflow_server, "concurrency", run_ids)

@@ -301,7 +301,6 @@ def test_released_generators_form_a_table(tmp_path):
     assert _cell(numbers, "fastcut", "horse2zebra", "fid", "last").note == "not run"
 
 
-@pytest.mark.slow
 def test_report_end_to_end_from_the_demo_sweep(tmp_path):
     """The synthetic grid of experiments/demo.yaml (3 methods), shortened to 8 steps on 8 training images
     with one kept epoch checkpoint, swept for real (local executor: train, translate, evaluate, log),

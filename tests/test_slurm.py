@@ -92,7 +92,6 @@ def test_a_sweep_runs_as_one_job_array_and_status_reports_the_failed_cell(slurm_
     assert "failed cut-missing-s0:" in text and "2 trained" in text
 
 
-@pytest.mark.slow
 def test_a_preempted_job_requeues_resumes_its_checkpoint_and_ends_with_the_uninterrupted_weights(
         slurm_cluster, tmp_path, synthetic_root):
     import torch
