@@ -6,7 +6,6 @@ QS-Attn test script silently stops at 20 images; we refuse instead).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -59,11 +58,9 @@ def _named(stems: list[str], limit: int) -> str:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file: it names the exact weights that produced a score."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from qsattn.datasets import sha256_of
+
+    return sha256_of(Path(path))
 
 
 def image_resolution(files: list[Path]) -> str:
