@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -64,11 +63,9 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out)
+        from qsattn.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     return 0
 
 

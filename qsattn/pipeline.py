@@ -9,7 +9,6 @@ checkpoint's values are reported, labelled, because published figures are often 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from qsattn.config import Config
@@ -78,6 +77,7 @@ def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
 
 def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
     """Score a trained run's last checkpoint and its kept epoch checkpoints; log and save the result."""
+    from qsattn.atomic import atomic_write_text
     from qsattn.tracking import open_tracker
     from qsattn.train import Run, pick_device
 
@@ -105,9 +105,7 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
     for epoch, m in history.items():
         tracker.log_metrics({f"checkpoint_{k}": v for k, v in numbers(m).items()}, step=epoch)
     tracker.set_tags({f"protocol.{name}.{k}": v for name, p in last["protocol"].items() for k, v in p.items()})
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, result_file)
+    atomic_write_text(result_file, json.dumps(result, indent=2, default=str))
     tracker.log_artifact(result_file)
     tracker.finish("FINISHED")
     return result

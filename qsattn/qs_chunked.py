@@ -77,7 +77,7 @@ def global_select(f: torch.Tensor, n: int, selection: str = "entropy", chunk: in
 
 def _window_index(H: int, W: int, window: int, device) -> torch.Tensor:
     """(k², HW) flat indices into the zero-padded (H+2r)×(W+2r) map: offset-major, as `F.unfold`."""
-    r, Wp = window // 2, W + 2 * (window // 2)
+    Wp = W + 2 * (window // 2)
     dy, dx = torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
     y, x = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
     return ((y.reshape(1, -1) + dy.reshape(-1, 1)) * Wp + x.reshape(1, -1) + dx.reshape(-1, 1))

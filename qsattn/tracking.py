@@ -167,7 +167,7 @@ def open_tracker(cfg, run_dir: Path, tags: dict) -> NullTracker | MlflowTracker:
     run_id = id_file.read_text().strip() if id_file.exists() else ""
     tracker = MlflowTracker(resolve_uri(cfg.tracking_uri), cfg.experiment, cfg.run_name(), run_id, tags)
     if not run_id:
-        tmp = id_file.with_suffix(".tmp")
-        tmp.write_text(tracker.run_id)
-        os.replace(tmp, id_file)
+        from qsattn.atomic import atomic_write_text
+
+        atomic_write_text(id_file, tracker.run_id)
     return tracker

@@ -31,12 +31,10 @@ def record_dir(run_dir: Path | str) -> Path:
 def write_record(run_dir: Path | str, kind: str, **fields) -> None:
     """Atomically write <run_dir>/sweep/<kind>.json with a timestamp."""
     assert kind in RECORDS, kind
-    folder = record_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    from qsattn.atomic import atomic_write_text
+
     data = {"time": time.time(), "host": socket.gethostname(), **fields}
-    tmp = folder / f".{kind}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, folder / f"{kind}.json")
+    atomic_write_text(record_dir(run_dir) / f"{kind}.json", json.dumps(data, indent=1, default=str))
 
 
 def read_records(run_dir: Path | str) -> dict[str, dict]:

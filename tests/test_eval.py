@@ -3,7 +3,6 @@ reference cache, coverage and missing-weights errors, segmentation scores and th
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from scipy import linalg
 from eval import fid as fidmod
 from eval.fid import InceptionWeights, compute_fid_kid, resolve_inception_weights
 from eval.folders import EvalError, check_coverage
-from eval.frechet import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
+from eval.frechet import fid_from_features, frechet_distance, kernel_inception_distance
 from eval.registry import evaluate_folder_pair, list_metrics
 from eval.segmentation import (DRNSeg, _bilinear_up_kernel, confusion_matrix, labelids_to_trainids, load_drn_seg,
                                score_cityscapes, segmentation_scores)

@@ -2,7 +2,6 @@
 
 Run on a GPU machine from the working tree with torch alone: `PYTHONPATH=. python -m pytest tests/test_gpu.py`.
 """
-import json
 import subprocess
 import sys
 from pathlib import Path
