@@ -132,10 +132,12 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
 
     state.D.requires_grad_(True)
     state.opt_D.zero_grad(set_to_none=True)
-    loss_D, loss_D_fake, loss_D_real = discriminator_loss(state, fake_B, real_B)
     if cfg.lambda_GAN > 0:
+        loss_D, loss_D_fake, loss_D_real = discriminator_loss(state, fake_B, real_B)
         loss_D.backward()
         state.opt_D.step()
+    else:  # no adversarial term: D is not used at all (official: loss_D = 0)
+        loss_D = loss_D_fake = loss_D_real = fake_B.new_zeros(())
 
     state.D.requires_grad_(False)
     state.opt_G.zero_grad(set_to_none=True)

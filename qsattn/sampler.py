@@ -141,10 +141,6 @@ class PatchSampleF(nn.Module):
         self.init_type, self.init_gain, self.use_mlp = init_type, init_gain, use_mlp
         self.channels: list[int] = []
 
-    @property
-    def mlp_init(self) -> bool:
-        return bool(self.channels) or not self.use_mlp
-
     def build(self, channels: list[int], device=None) -> None:
         """Create one Linear(C, nc)-ReLU-Linear(nc, nc) per layer (named mlp_0, mlp_1, … as official)."""
         for i, c in enumerate(channels):
