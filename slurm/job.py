@@ -2,7 +2,8 @@
 
 `__call__` runs the cell (train or resume, translate, evaluate: `qsattn.pipeline.run_cell`), and leaves
 small status records in the cell's run folder, `<run_dir>/sweep/{submitted,started,finished,failed}.json`,
-so that `status` needs neither sacct nor the submitit folder. `checkpoint()` is what submitit calls on
+so that `status` needs neither sacct nor the submitit folder (a packed cell, slurm/pack.py, runs the same
+CellJob in its own process, and its records also name its pack). `checkpoint()` is what submitit calls on
 preemption or near the time limit (signal USR2): it returns a fresh copy of the job to requeue; the
 requeued job resumes from the run folder's latest checkpoint and continues the same MLflow run (its id
 is kept in the run folder).
@@ -74,31 +75,45 @@ def full_cell(cfg: Config) -> dict:
 class CellJob(submitit.helpers.Checkpointable):
     """Runs one cell; requeues itself when preempted or near its time limit."""
 
-    def __init__(self, cfg: Config, stage: str = "full"):
+    context: dict = {}  # (a job pickled before `context` existed)
+
+    def __init__(self, cfg: Config, stage: str = "full", context: dict | None = None):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.cfg, self.stage = cfg, stage
+        self.context = dict(context or {})  # fields added to its records (a packed cell: its pack and job)
+
+    def record(self, kind: str, **fields) -> None:
+        write_record(self.run_dir, kind, **{"job_id": job_id_here(), **fields, **self.context})
 
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.run_root) / self.cfg.run_name()
 
     def __call__(self) -> dict:
+        return self.run_recorded(self._run_saving_on_preemption)
+
+    def run_recorded(self, body) -> dict:
+        """body() with the started / finished / failed records around it (a stop on request is no failure)."""
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_record(self.run_dir, "started", job_id=job_id_here(), pid=os.getpid(), stage=self.stage,
-                     restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+        self.record("started", pid=os.getpid(), stage=self.stage,
+                    restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
         try:
-            result = self._run_saving_on_preemption()
+            result = body()
         except Exception as exc:  # recorded for `status`, then re-raised so submitit reports it too
-            write_record(self.run_dir, "failed", job_id=job_id_here(), error=f"{type(exc).__name__}: {exc}",
-                         traceback=traceback.format_exc(limit=20))
+            from qsattn.train import Stopped
+
+            if not isinstance(exc, Stopped):
+                self.record("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
             raise
-        write_record(self.run_dir, "finished", job_id=job_id_here(), stage=self.stage,
-                     result=result if isinstance(result, dict) else str(result))
+        self.record("finished", stage=self.stage, result=result if isinstance(result, dict) else str(result))
         return result
+
+    def run_cell(self) -> dict:
+        return (full_cell if self.stage == "full" else train_only)(self.cfg)
 
     def _run_saving_on_preemption(self) -> dict:
         """submitit's USR2 handler requeues and exits at once, losing the steps since the last checkpoint.
@@ -110,7 +125,7 @@ class CellJob(submitit.helpers.Checkpointable):
 
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         if not callable(submitit_handler):
-            return (full_cell if self.stage == "full" else train_only)(self.cfg)
+            return self.run_cell()
 
         def on_usr2(signum, frame):
             if training.RUNNING.is_set():
@@ -120,7 +135,7 @@ class CellJob(submitit.helpers.Checkpointable):
 
         signal.signal(signal.SIGUSR2, on_usr2)
         try:
-            return (full_cell if self.stage == "full" else train_only)(self.cfg)
+            return self.run_cell()
         except training.Stopped:
             submitit_handler(signal.SIGUSR2, None)  # checkpoint() + requeue, then exits
             raise
@@ -131,8 +146,7 @@ class CellJob(submitit.helpers.Checkpointable):
         """Called by submitit on USR2 (preemption, time limit), after the training saved its checkpoint
         (see _run_saving_on_preemption); the requeued copy resumes from it."""
         try:
-            write_record(self.run_dir, "preempted", job_id=job_id_here(),
-                         restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+            self.record("preempted", restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
         except OSError:
             pass
-        return submitit.helpers.DelayedSubmission(type(self)(self.cfg, self.stage))
+        return submitit.helpers.DelayedSubmission(type(self)(self.cfg, self.stage, self.context))

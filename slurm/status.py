@@ -5,7 +5,8 @@
 Reads each cell's run folder (metrics.json, the DONE file, mlflow_run_id and the job records in
 <run_dir>/sweep/) and `squeue` for live SLURM jobs; it never needs SLURM accounting (sacct), which
 small clusters often run without. `interrupted` means a job started and then stopped without a
-result (killed, node lost): the next sweep resumes it from its checkpoint.
+result (killed, node lost): the next sweep resumes it from its checkpoint. Packed cells (cells_per_gpu > 1)
+are listed like any other; the `pack` column says which cells share a job.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class CellStatus:
     metric: str = ""    # "name=value" of the last result (or the last training loss)
     error: str = ""
     run_dir: str = ""
+    pack: str = ""      # a packed cell (cells_per_gpu > 1): the pack's id; its neighbours share job and pack
 
 
 def live_jobs() -> dict[str, str]:
@@ -89,6 +91,7 @@ def cell_status(cell: Cell, live: dict[str, str]) -> CellStatus:
     latest_kind = max(records, key=lambda k: records[k]["time"]) if records else ""
     latest = records.get(latest_kind, {})
     st.job_id = str(latest.get("job_id", ""))
+    st.pack = str(latest.get("pack") or records.get("submitted", {}).get("pack") or "")
     if (run_dir / "metrics.json").exists():
         st.state, st.metric = "done", _result_metric(run_dir)
         return st
@@ -147,6 +150,9 @@ def _add_training_metrics(cells: list[Cell], out: list[CellStatus]) -> None:
 def format_table(rows: list[CellStatus], errors: bool = False) -> str:
     head = ("state", "cell", "id", "job", "mlflow run", "metric")
     data = [(r.state, r.name, r.id[:8], r.job_id, r.mlflow_run_id[:12], r.metric) for r in rows]
+    if any(r.pack for r in rows):  # packed cells (cells_per_gpu > 1): which pack, beside the job
+        head = head[:4] + ("pack",) + head[4:]
+        data = [row[:4] + (r.pack,) + row[4:] for row, r in zip(data, rows)]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *data)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *data]]
     counts: dict[str, int] = {}

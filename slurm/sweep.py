@@ -6,9 +6,14 @@
     python -m qsattn status experiments/table1.yaml
 
 Clusters (all through submitit): `local` runs each cell as a process on this machine, at most
---max-parallel at a time, and waits for them; `slurm` submits one job array per sweep with a cluster
-profile (slurm/<profile>.yaml; override its keys with --set key=value) and returns (add --wait to
-collect results); `debug` runs the cells one after another in this process (for pdb).
+--max-parallel at a time (one per visible GPU, each job seeing only its GPU), and waits for them;
+`slurm` submits one job array per sweep with a cluster profile (slurm/<profile>.yaml; override its keys
+with --set key=value) and returns (add --wait to collect results); `debug` runs the cells one after
+another in this process (for pdb).
+
+Packing (profile key `cells_per_gpu: K`, K > 1): each job runs K cells side by side on its one GPU
+(slurm/pack.py): locally K cells at once per visible GPU (on a CPU, K processes), on SLURM one job per
+GPU, each array element K cells. Each cell keeps its own run folder, checkpoint, MLflow run and log.
 
 Running a sweep again is always safe: finished cells are skipped, queued or running ones are left
 alone, unfinished ones resume from their latest checkpoint (and continue their MLflow run), failed ones
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,7 +64,58 @@ def load_profile(name: str | None, sets: list[str] | None = None) -> dict:
     unknown = set(profile) - set(PROFILE_KEYS)
     if unknown:
         raise GridError(f"unknown profile keys {sorted(unknown)}; valid: {sorted(PROFILE_KEYS)}")
+    k = profile.get("cells_per_gpu", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise GridError(f"cells_per_gpu must be an integer >= 1 (cells run side by side per GPU), got {k!r}")
+    profile["cells_per_gpu"] = k
     return profile
+
+
+def visible_gpus() -> list[int]:
+    """This machine's GPUs for local jobs, without importing torch: $CUDA_VISIBLE_DEVICES, else nvidia-smi."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        items = [x.strip() for x in env.split(",") if x.strip()]
+        if not all(x.isdigit() for x in items):
+            raise GridError(f"CUDA_VISIBLE_DEVICES={env!r}: give GPU indices (the local sweep pins one per job)")
+        return [int(x) for x in items]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(x) for x in out.stdout.split() if x.strip().isdigit()] if out.returncode == 0 else []
+
+
+@dataclasses.dataclass
+class Layout:
+    """How a sweep's cells map onto jobs: `k` cells per job (1: unpacked), `slots` local jobs at once
+    (a GPU index each, or None on the CPU), and each cell's torch threads."""
+    k: int
+    slots: list
+    threads: int
+
+    def jobs(self, cells: list[Cell]) -> list[list[Cell]]:
+        return [cells[i:i + self.k] for i in range(0, len(cells), self.k)]
+
+
+def layout(cluster: str, profile: dict, cells: list[Cell], max_parallel: int | None) -> Layout:
+    """max_parallel counts cells at once (--max-parallel, else the profile's max_parallel)."""
+    k = int(profile.get("cells_per_gpu") or 1)
+    cores = os.cpu_count() or 1
+    if cluster == "slurm":
+        cpus = int(profile.get("cpus_per_task") or 0)  # per job: shared by its k cells
+        return Layout(k, [], max(1, cpus // k) if cpus else 0)
+    if cluster == "debug":
+        return Layout(1, [None], 0)  # in this process, one after another: packing would defeat pdb
+    gpus = [] if all(c.config.device == "cpu" for c in cells) else visible_gpus()
+    if gpus:
+        slots = gpus[:max(1, max_parallel // k)] if max_parallel else gpus
+    else:
+        slots = [None] * (max(1, max_parallel // k) if max_parallel else (1 if k > 1 else max(1, cores // 2)))
+    return Layout(k, slots, max(1, cores // (len(slots) * k)))
 
 
 def slurm_parameters(profile: dict) -> dict:
@@ -83,8 +141,11 @@ def make_executor(cluster: str, folder: Path, profile: dict):
                              signal_delay_s=int(profile["signal_delay_s"]))
         return ex
     if cluster == "slurm":
+        params = slurm_parameters(profile)
+        if int(profile.get("cells_per_gpu") or 1) > 1 and params.get("gpus_per_node"):
+            params["gpus_per_node"] = 1  # a pack shares one GPU
         ex = submitit.AutoExecutor(folder, cluster="slurm", slurm_max_num_timeout=int(profile["max_num_timeout"]))
-        ex.update_parameters(name="qsattn", **slurm_parameters(profile))
+        ex.update_parameters(name="qsattn", **params)
         return ex
     raise GridError(f"--cluster {cluster}: expected local, slurm or debug")
 
@@ -143,60 +204,103 @@ def plan(cells: list[Cell], stage: str, retry_failed: bool = True) -> tuple[list
     return todo, skipped
 
 
-def submit(cells: list[Cell], cluster: str, profile: dict, folder: Path, stage: str, max_parallel: int,
+def make_job(cells: list[Cell], stage: str, k: int):
+    """A cell's job (CellJob), or with k > 1 a pack of cells sharing one job and GPU (PackedJob)."""
+    from slurm.job import CellJob
+    from slurm.pack import PackedJob
+
+    return CellJob(cells[0].config, stage) if k == 1 else PackedJob([c.config for c in cells], stage)
+
+
+def submit(cells: list[Cell], cluster: str, profile: dict, folder: Path, stage: str, lay: Layout,
            wait: bool) -> int:
     """Submit the cells' jobs; returns the number of cells that failed (when waited for)."""
-    from slurm.job import CellJob, write_record
+    from slurm.job import write_record
 
     executor = make_executor(cluster, folder, profile)
-    jobs = []
+    units = lay.jobs(cells)
+
+    def submitted(unit: list[Cell], job_id: str, job) -> None:
+        pack = {"pack": job.pack, "pack_cells": [c.config.run_name() for c in unit]} if lay.k > 1 else {}
+        for cell in unit:
+            write_record(cell.run_dir, "submitted", job_id=job_id, cluster=cluster, folder=str(folder), **pack)
+
     if cluster == "slurm":
+        jobs = [make_job(unit, stage, lay.k) for unit in units]
         with executor.batch():  # one job array per sweep
-            pending = [(cell, executor.submit(CellJob(cell.config, stage))) for cell in cells]
-        for cell, job in pending:
-            write_record(cell.run_dir, "submitted", job_id=job.job_id, cluster=cluster, folder=str(folder))
-            print(f"submitted {cell.name} as job {job.job_id}")
-            jobs.append((cell, job))
+            pending = [executor.submit(job) for job in jobs]
+        out = []
+        for unit, job, handle in zip(units, jobs, pending):
+            submitted(unit, handle.job_id, job)
+            print(f"submitted {_names(unit)} as job {handle.job_id}")
+            out.append((unit, handle))
         if not wait:
-            print(f"{len(jobs)} jobs in array {jobs[0][1].job_id.split('_')[0]}; "
+            print(f"{len(out)} jobs in array {out[0][1].job_id.split('_')[0]}; "
                   f"follow them with `python -m qsattn status`, logs in {folder}")
             return 0
-        return _collect(jobs)
+        return sum(_collect(unit, handle) for unit, handle in out)
     if cluster == "debug":
         failed = 0
-        for cell in cells:
-            job = executor.submit(CellJob(cell.config, stage))
-            write_record(cell.run_dir, "submitted", job_id=f"debug-{os.getpid()}", cluster=cluster)
-            failed += _collect([(cell, job)])
+        for unit in units:
+            job = make_job(unit, stage, lay.k)
+            handle = executor.submit(job)
+            submitted(unit, f"debug-{os.getpid()}", job)
+            failed += _collect(unit, handle)
         return failed
-    # local: at most max_parallel processes at once, started as earlier ones finish
-    queue, running, failed = list(cells), [], 0
+    # local: one job per slot (a GPU, or a share of the CPU), the next started as one finishes
+    queue, running, free, failed = list(units), [], list(range(len(lay.slots))), 0
     while queue or running:
-        while queue and len(running) < max_parallel:
-            cell = queue.pop(0)
-            job = executor.submit(CellJob(cell.config, stage))
-            write_record(cell.run_dir, "submitted", job_id=job.job_id, cluster=cluster, folder=str(folder))
-            print(f"started {cell.name} (process {job.job_id})", flush=True)
-            running.append((cell, job))
-        finished = [(c, j) for c, j in running if j.done()]
-        running = [(c, j) for c, j in running if not j.done()]
-        failed += _collect(finished) if finished else 0
+        while queue and free:
+            unit, slot = queue.pop(0), free.pop(0)
+            gpu = lay.slots[slot]
+            executor.update_parameters(gpus_per_node=0 if gpu is None else 1,
+                                       visible_gpus=() if gpu is None else (gpu,))
+            job = make_job(unit, stage, lay.k)
+            handle = executor.submit(job)
+            submitted(unit, handle.job_id, job)
+            where = "" if gpu is None else f" on GPU {gpu}"
+            print(f"started {_names(unit)} (process {handle.job_id}{where})", flush=True)
+            running.append((unit, handle, slot))
+        finished = [r for r in running if r[1].done()]
+        running = [r for r in running if not r[1].done()]
+        for unit, handle, slot in finished:
+            failed += _collect(unit, handle)
+            free.append(slot)
         if running:
             time.sleep(1.0)
     return failed
 
 
-def _collect(jobs) -> int:
-    failed = 0
-    for cell, job in jobs:
-        try:
-            result = job.result()
-            metrics = result.get("metrics", result) if isinstance(result, dict) else result
-            print(f"done    {cell.name}: {_short(metrics)}", flush=True)
-        except Exception as exc:  # noqa: BLE001 - one failed cell never stops the others
-            failed += 1
-            last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+def _names(unit: list[Cell]) -> str:
+    return unit[0].name if len(unit) == 1 else f"pack [{', '.join(c.name for c in unit)}]"
+
+
+def _collect(unit: list[Cell], job) -> int:
+    """Print each cell's result; returns how many failed. A pack's result holds one outcome per cell."""
+    try:
+        result = job.result()
+    except Exception as exc:  # noqa: BLE001 - one failed job never stops the others
+        last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+        for cell in unit:
             print(f"FAILED  {cell.name}: {last[0][:300]} (details: python -m qsattn status --errors)", flush=True)
+        return len(unit)
+    if not (isinstance(result, dict) and "pack" in result):
+        metrics = result.get("metrics", result) if isinstance(result, dict) else result
+        print(f"done    {unit[0].name}: {_short(metrics)}", flush=True)
+        return 0
+    failed = 0
+    for cell in unit:
+        out = result["cells"].get(cell.config.run_name(), {"state": "missing"})
+        if out["state"] == "finished":
+            res = out.get("result")
+            metrics = res.get("metrics", res) if isinstance(res, dict) else res
+            print(f"done    {cell.name}: {_short(metrics)}", flush=True)
+        elif out["state"] == "preempted":
+            print(f"stopped {cell.name}: preempted; its requeued job resumes it", flush=True)
+        else:
+            failed += 1
+            error = (out.get("error") or out["state"]).strip().splitlines()[-1][:300]
+            print(f"FAILED  {cell.name}: {error} (details: python -m qsattn status --errors)", flush=True)
     return failed
 
 
@@ -221,8 +325,9 @@ def add_arguments(parser) -> None:
                              "across keys, OR for the same key; KEY=a|b also ORs")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and what would be submitted")
     parser.add_argument("--max-parallel", type=int, default=None,
-                        help="local: processes at once (default: profile max_parallel, else 1 per 2 CPU cores); "
-                             "slurm: array parallelism")
+                        help="cells at once (default: profile max_parallel; else locally one job per visible GPU, "
+                             "or on a CPU 1 cell per 2 cores, or cells_per_gpu cells when packing); slurm: sets "
+                             "array parallelism to this / cells_per_gpu jobs")
     parser.add_argument("--stage", choices=("full", "train"), default="full",
                         help="full: train, translate, evaluate (default); train: training only")
     parser.add_argument("--no-retry", action="store_true", help="leave failed cells alone")
@@ -241,12 +346,15 @@ def run(args) -> int:
         if args.cluster == "slurm" and not profile_name:
             profile_name = os.environ.get("QSATTN_SLURM_PROFILE", "local")
         profile = load_profile(profile_name, args.sets)
+        k = profile["cells_per_gpu"]
         if args.max_parallel:
-            profile["array_parallelism"] = profile["max_parallel"] = args.max_parallel
+            profile["max_parallel"] = args.max_parallel
+            profile["array_parallelism"] = max(1, args.max_parallel // k)  # jobs, each k cells
+        todo, skipped = plan(cells, args.stage, retry_failed=not args.no_retry)
+        lay = layout(args.cluster, profile, todo or cells, int(profile.get("max_parallel") or 0) or None)
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    todo, skipped = plan(cells, args.stage, retry_failed=not args.no_retry)
     for name, why in skipped.items():
         print(f"skip    {name}: {why}")
     print(f"{len(cells)} cells, {len(todo)} to run on {args.cluster}"
@@ -254,14 +362,36 @@ def run(args) -> int:
     if args.dry_run:
         for cell in todo:
             print(f"would run {cell.name}  id={cell.id}  -> {cell.run_dir}")
+        if todo:
+            print(describe(lay, args.cluster, profile, todo))
         return 0
     if not todo:
         return 0
-    max_parallel = int(profile.get("max_parallel") or max(1, (os.cpu_count() or 2) // 2))
-    threads = {"local": max(1, (os.cpu_count() or 1) // max_parallel),
-               "slurm": int(profile.get("cpus_per_task") or 0)}.get(args.cluster, 0)
-    todo = [for_jobs(c, threads) for c in todo]
+    todo = [for_jobs(c, lay.threads) for c in todo]
     prepare_tracking(todo)
     folder = Path(args.folder) if args.folder else Path(todo[0].config.run_root) / "_submitit"
-    failed = submit(todo, args.cluster, profile, folder.absolute() / "%j", args.stage, max_parallel, args.wait)
+    failed = submit(todo, args.cluster, profile, folder.absolute() / "%j", args.stage, lay, args.wait)
     return 1 if failed else 0
+
+
+def describe(lay: Layout, cluster: str, profile: dict, cells: list[Cell]) -> str:
+    """--dry-run: how the cells are packed into jobs and where those run."""
+    units = lay.jobs(cells)
+    threads = f"{lay.threads} torch threads per cell" if lay.threads else "torch's default threads"
+    if cluster == "slurm":
+        gpus = int(profile.get("gpus_per_node") or 0)
+        each = f"{min(gpus, 1) if lay.k > 1 else gpus} GPU(s), {profile.get('cpus_per_task')} CPUs"
+        at_once = f"at most {profile['array_parallelism']} jobs at once" if profile.get("array_parallelism") else ""
+        head = f"{len(units)} jobs in one array ({each} each{'; ' + at_once if at_once else ''}), {threads}"
+    elif cluster == "debug":
+        head = "one cell after another in this process" + (" (cells_per_gpu ignored)" if profile["cells_per_gpu"] > 1
+                                                            else "")
+        return head
+    else:
+        where = ", ".join("CPU" if g is None else f"GPU {g}" for g in lay.slots)
+        head = f"{len(units)} jobs, {len(lay.slots)} at once ({where}), {threads}"
+    if lay.k == 1:
+        return f"{head}; one cell per job (cells_per_gpu: 1)"
+    lines = [f"{head}; {lay.k} cells per job side by side (cells_per_gpu: {lay.k}):"]
+    lines += [f"  job {i + 1}: {', '.join(c.name for c in unit)}" for i, unit in enumerate(units)]
+    return "\n".join(lines)
