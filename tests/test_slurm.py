@@ -1,6 +1,7 @@
 """Sweeps on a real single-node SLURM cluster (slurm/local-cluster.sh): a job array with results
 collected and a failed cell reported by `status`; a job preempted mid-training (USR2, submitit's
-signal) requeues, resumes from its checkpoint and ends with the weights of an uninterrupted run.
+signal) requeues, resumes from its checkpoint and ends with the weights of an uninterrupted run; a packed
+job (cells_per_gpu: 2) preempted likewise resumes each of its cells.
 Skipped, with the reason, where the cluster cannot start (no slurm-wlm/munge, not root)."""
 from __future__ import annotations
 
@@ -139,3 +140,44 @@ def test_a_preempted_job_requeues_resumes_its_checkpoint_and_ends_with_the_unint
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1, "one MLflow run across the requeue"
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "NCE"))[-1] == 24
+
+
+def test_a_preempted_packed_job_requeues_and_resumes_each_of_its_cells(slurm_cluster, tmp_path, synthetic_root):
+    """`scancel --signal=USR2` reaches every process of the job step, the pack and its cells: each cell
+    saves once and stops, the pack requeues, and the requeued pack resumes both (the resumed weights are
+    the uninterrupted ones: tests/test_packing.py, the same code on the local executor)."""
+    steps = dict(max_steps=60, n_epochs=8, checkpoint_every=2, log_every=2)
+    grid = make_grid(tmp_path / "packed", synthetic_root, methods=("cut", "fastcut"), **steps)
+    out = qsattn("sweep", str(grid), "--cluster", "slurm", "--profile", "local", "--stage", "train",
+                 "--set", "cells_per_gpu=2", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "submitted pack [cut-synthetic-s0, fastcut-synthetic-s0] as job" in out.stdout, out.stdout
+    rows = status(grid)
+    assert len({(r["job_id"], r["pack"]) for r in rows.values()}) == 1, rows
+    job_id = rows["cut-synthetic-s0"]["job_id"]
+    run_dirs = [Path(r["run_dir"]) for r in rows.values()]
+
+    wait_for(lambda: all((d / "checkpoints" / "latest.pt").exists() for d in run_dirs)
+             or any((d / "DONE").exists() for d in run_dirs), 300, "both cells' first checkpoints", poll=0.1)
+    assert not any((d / "DONE").exists() for d in run_dirs), "a cell ended before it could be preempted"
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    wait_for(lambda: all((d / "sweep" / "preempted.json").exists() for d in run_dirs), 120, "both cells to stop")
+
+    def requeued() -> bool:
+        state = squeue_state(job_id)
+        restarted = any(json.loads((d / "sweep" / "started.json").read_text())["restarts"] >= 1 for d in run_dirs)
+        return state in ("PENDING", "REQUEUED", "CONFIGURING") or (state == "RUNNING" and restarted)
+
+    wait_for(requeued, 120, "the requeue")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    wait_for(lambda: all((d / "sweep" / "finished.json").exists() or (d / "sweep" / "failed.json").exists()
+                         for d in run_dirs), 600, "the requeued pack to finish", poll=1.0)
+    for d in run_dirs:
+        records = {p.stem: json.loads(p.read_text()) for p in (d / "sweep").glob("*.json")}
+        assert "failed" not in records, records.get("failed", {}).get("error")
+        assert records["started"]["restarts"] >= 1 and records["started"]["job_id"] == job_id
+        assert records["preempted"]["time"] < records["started"]["time"] < records["finished"]["time"]
+        log = (d / "sweep" / "log.txt").read_text()
+        assert log.count("stopped on USR2") == 1 and "resumed" in log, log[-2000:]
+        assert (d / "DONE").read_text().strip() == "step 60"
+    assert {r["state"] for r in status(grid).values()} == {"trained"}
