@@ -1,7 +1,7 @@
 """Several cells per job (profile key `cells_per_gpu: K`, slurm/pack.py), on the CPU with the local executor:
 a packed sweep gives the unpacked sweep's weights and metrics; a cell that fails leaves its neighbours
 finished and is reported; a pack sent USR2 (submitit's preemption signal) saves every cell, requeues, resumes
-each unfinished cell from its own checkpoint and starts none that finished; `status` shows the packs."""
+each unfinished cell from its own checkpoint and starts none that finished or failed; `status` shows the packs."""
 from __future__ import annotations
 
 import dataclasses
@@ -127,25 +127,28 @@ def test_a_packed_sweep_gives_the_unpacked_results_and_a_failing_cell_leaves_its
         assert metrics[0] == metrics[1] and metrics[0], ref["name"]
 
 
-def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint_and_restarts_none_that_finished(
+def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint_and_restarts_none_that_ended(
         tmp_path, synthetic_root, capsys):
-    methods = {"cut": {"max_steps": 2}, "fastcut": {"max_steps": 60}}  # long enough to catch both mid-training
-    steps = dict(n_epochs=8, checkpoint_every=2, log_every=2)
-    grid = grid_file(tmp_path / "packed", synthetic_root, methods, seeds=(0, 1), **steps)
-    only = ["--only", "name=cut-synthetic-s0|fastcut-synthetic-s0|fastcut-synthetic-s1"]
+    methods = {"cut": {"max_steps": 2}, "fastcut": {"max_steps": 40}}  # long enough to catch both mid-training
+    steps = dict(n_epochs=5, checkpoint_every=2, log_every=2)
+    grid = grid_file(tmp_path / "packed", synthetic_root, methods, datasets=("synthetic", "missing"), seeds=(0, 1),
+                     **steps)
+    only = ["--only", "name=cut-synthetic-s0|cut-missing-s0|fastcut-synthetic-s0|fastcut-synthetic-s1"]
     launcher = subprocess.Popen([sys.executable, "-m", "qsattn", "sweep", str(grid), *only, "--stage", "train",
-                                 "--set", "cells_per_gpu=3"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                 "--set", "cells_per_gpu=4"], cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     try:
         def started_runs() -> dict[str, Path]:  # cell name -> run folder
             return {p.parent.parent.name.rsplit("-", 1)[0]: p.parent.parent
                     for p in (tmp_path / "packed" / "runs").glob("*/sweep/started.json")}
 
-        wait_for(lambda: len(started_runs()) == 3, 180, "the three cells to start")
+        wait_for(lambda: len(started_runs()) == 4, 180, "the four cells to start")
         runs = started_runs()
-        short, long_ = runs["cut-synthetic-s0"], [runs["fastcut-synthetic-s0"], runs["fastcut-synthetic-s1"]]
-        wait_for(lambda: (short / "DONE").exists() and all((r / "checkpoints" / "latest.pt").exists() for r in long_)
-                 or any((r / "DONE").exists() for r in long_), 180, "a finished cell and two checkpoints", poll=0.1)
+        short, failing = runs["cut-synthetic-s0"], runs["cut-missing-s0"]
+        long_ = [runs["fastcut-synthetic-s0"], runs["fastcut-synthetic-s1"]]
+        wait_for(lambda: (short / "DONE").exists() and (failing / "sweep" / "failed.json").exists()
+                 and all((r / "checkpoints" / "latest.pt").exists() for r in long_)
+                 or any((r / "DONE").exists() for r in long_), 180, "a finished, a failed cell, two checkpoints", poll=0.1)
         assert not any((r / "DONE").exists() for r in long_), "the long cells ended before the signal: make them longer"
         started = {r: json.loads((r / "sweep" / "started.json").read_text()) for r in runs.values()}
         pack_pid = started[short]["pack_pid"]
@@ -153,24 +156,26 @@ def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint
         os.kill(pack_pid, signal.SIGUSR2)
 
         # meanwhile, the same long cells uninterrupted, in this process
-        reference = grid_file(tmp_path / "reference", synthetic_root, methods, seeds=(0, 1), **steps)
+        reference = grid_file(tmp_path / "reference", synthetic_root, methods, seeds=(0, 1), **steps)  # same ids
         assert cli(["sweep", str(reference), "--only", "method=fastcut", "--cluster", "debug", "--stage", "train"]) == 0
         out, _ = launcher.communicate(timeout=300)
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert launcher.returncode == 0, out
-    assert out.count("done    ") == 3, out
+    assert launcher.returncode == 1, out
+    assert out.count("done    ") == 3 and out.count("FAILED  cut-missing-s0: DataError") == 1, out
 
     for run in long_:
         records = {p.stem: json.loads(p.read_text()) for p in (run / "sweep").glob("*.json")}
         assert records["preempted"]["time"] < records["started"]["time"] < records["finished"]["time"]
         assert records["started"]["pid"] != started[run]["pid"], "restarted by the requeued pack"
-        assert (run / "DONE").read_text().strip() == "step 60"
+        assert (run / "DONE").read_text().strip() == "step 40"
         log = (run / "sweep" / "log.txt").read_text()
         assert "stopped on USR2" in log and "resumed" in log and log.count("=== ") == 2
-    assert json.loads((short / "sweep" / "started.json").read_text()) == started[short], "the finished cell ran once"
-    assert (short / "sweep" / "log.txt").read_text().count("=== ") == 1
+    for run in (short, failing):  # neither started again by the requeued pack
+        assert json.loads((run / "sweep" / "started.json").read_text()) == started[run], run.name
+        assert (run / "sweep" / "log.txt").read_text().count("=== ") == 1
+    assert "failed" in {p.stem for p in (failing / "sweep").glob("*.json")}
 
     for ref in status_rows(reference, capsys).values():
         if ref["state"] == "trained":
