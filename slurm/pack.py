@@ -1,11 +1,12 @@
 """Several cells in one job (profile key `cells_per_gpu: K`): a batch-1 run leaves most of a large GPU idle.
 
 A `PackedJob` is one job's submitit callable. It starts one process per unfinished cell (forked from a
-fork server that imported torch once; all on the job's one GPU), each running the same `CellJob` as an unpacked job: its own run folder, records,
-checkpoint, seed and MLflow run, and its own log, <run_dir>/sweep/log.txt. It waits for all of them;
-a cell that fails leaves the others running. On USR2 (preemption, time limit) it passes the signal on,
-each cell saves at its next step boundary and exits, then the pack checkpoints and requeues itself; the
-requeued pack resumes each cell that neither finished nor failed from its own checkpoint.
+fork server that imported torch once; all on the job's one GPU), each running the same `CellJob` as an
+unpacked job: its own run folder, records, checkpoint, seed and MLflow run, and its own log,
+<run_dir>/sweep/log.txt. It waits for all of them; a cell that fails leaves the others running. On USR2
+(preemption, time limit) it passes the signal on, each cell saves at its next step boundary and exits,
+then the pack checkpoints and requeues itself; the requeued pack resumes each cell that neither finished
+nor failed from its own checkpoint.
 
 Why processes inside one job rather than SLURM tasks (`tasks_per_node=K`): submitit acts on USR2 in rank 0
 only, which requeues the job and exits, so the other ranks' cells are ended wherever they are; and the
@@ -24,6 +25,7 @@ import submitit
 
 from qsattn.config import Config
 from slurm.job import CellJob, job_id_here, read_records, write_record
+from slurm.status import DONE_FILE
 
 # Imported once by the pack's fork server, then shared by its K cells' processes: K cold imports of torch
 # and MLflow at once take tens of seconds on a busy node. (Nothing here touches CUDA before the fork.)
@@ -49,9 +51,8 @@ def run_dir(cfg: Config) -> Path:
 def is_finished(cfg: Config, stage: str) -> bool:
     """What `status` calls done (full) or trained (train): no need to start it again."""
     folder = run_dir(cfg)
-    if stage == "train":
-        return (folder / "DONE").exists()
-    return (folder / "DONE").exists() and (folder / "metrics.json").exists()
+    trained = (folder / DONE_FILE).exists()
+    return trained if stage == "train" else trained and (folder / "metrics.json").exists()
 
 
 def pack_job_id() -> str:

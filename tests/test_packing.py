@@ -148,7 +148,8 @@ def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint
         long_ = [runs["fastcut-synthetic-s0"], runs["fastcut-synthetic-s1"]]
         wait_for(lambda: (short / "DONE").exists() and (failing / "sweep" / "failed.json").exists()
                  and all((r / "checkpoints" / "latest.pt").exists() for r in long_)
-                 or any((r / "DONE").exists() for r in long_), 180, "a finished, a failed cell, two checkpoints", poll=0.1)
+                 or any((r / "DONE").exists() for r in long_), 180, "a finished, a failed cell, two checkpoints",
+                 poll=0.1)
         assert not any((r / "DONE").exists() for r in long_), "the long cells ended before the signal: make them longer"
         started = {r: json.loads((r / "sweep" / "started.json").read_text()) for r in runs.values()}
         pack_pid = started[short]["pack_pid"]
