@@ -12,6 +12,18 @@ Two tables, one JSON line per case on stdout, and all of it saved to --out:
   sampler   the patch sampler F on the QS layers' features (2 layers of 256 channels at size/4):
             key-side selection + routing, query-side routing, MLP, forward and backward. `none` is
             CUT's random sampler; overhead_pct_of_cut_step = (QS time − random time) / CUT step time.
+  options   the CUT (and QS-Attn global) step with each speed option of the config alone, the default
+            options together, and every option that keeps the maths together ("all-fast"), against the
+            plain step (adam_impl=plain, pin_memory=false): ratio_to_plain, and each option's label
+            (identical | rounding | changes numerics, see qsattn/config.py). The batch is copied from
+            the host each step, as in training, so pin_memory shows.
+  packing   K processes at once, each training its own CUT / QS-Attn global cell (`--cells 1,2,4,8`,
+            `--set` options on top of the defaults): aggregate_steps_per_s over one common window.
+  loader    the training data pipeline alone (resize, crop, flip, to tensor; UnalignedDataset through a
+            DataLoader) with `--workers 0,2,4`: images_per_s, and loader_over_step against the CUT step
+            of the same size in this run (> 1: the loader outruns the step).
+  official  the official CUT step (`CUTModel.optimize_parameters` from the repository at `--official
+            DIR`) beside ours (plain, defaults, all-fast) on the same input: ratio_to_official.
 `--dtype bf16` runs the step under torch.autocast(bfloat16): it changes the numerics.
 Needs torch only (no MLflow, clean-fid or submitit), so it runs on a bare GPU machine.
 """
@@ -25,6 +37,20 @@ import time
 from pathlib import Path
 
 QS_METHODS = ("qsattn-global", "qsattn-local", "qsattn-global-local")
+PLAIN = {"adam_impl": "plain", "pin_memory": False}   # the step without any speed option
+# option name -> (config overrides on top of PLAIN, label); labels as in qsattn/config.py
+OPTIONS = {
+    "adam_impl=foreach": ({"adam_impl": "foreach"}, "identical"),
+    "pin_memory": ({"pin_memory": True}, "identical"),
+    "adam_impl=fused": ({"adam_impl": "fused"}, "rounding"),
+    "cudnn_benchmark": ({"cudnn_benchmark": True}, "rounding"),
+    "compile=default": ({"compile": "default"}, "rounding"),
+    "compile=reduce-overhead": ({"compile": "reduce-overhead"}, "rounding"),
+    "matmul_tf32": ({"matmul_tf32": True}, "changes numerics"),
+    "amp=bf16": ({"amp": "bf16"}, "changes numerics"),
+}
+OPTION_NAMES = (*OPTIONS, "defaults", "all-fast")  # the last two: options together (see _variants)
+CUDA_ONLY = {"cudnn_benchmark", "compile=reduce-overhead", "matmul_tf32", "pin_memory"}  # no effect on a CPU
 SAMPLER_MODES = {"cut": "none", "qsattn-global": "global", "qsattn-local": "local", "qsattn-global-local": "global+local"}
 
 
@@ -37,7 +63,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
     parser.add_argument("--impl", default="naive,chunked", help="QS implementations to compare (qs_impl)")
     parser.add_argument("--dtype", default="fp32", help="fp32 | bf16 (autocast, changes numerics); comma list")
-    parser.add_argument("--tables", default="step,sampler", help="which tables: step, sampler")
+    parser.add_argument("--tables", default="step,sampler",
+                        help="which tables: step, sampler, options, packing, loader, official (see above)")
+    parser.add_argument("--options", default=",".join(OPTION_NAMES),
+                        help="options table: which options to time alone (names as in the table)")
+    parser.add_argument("--cells", default="1,2,4,8", help="packing table: numbers of concurrent processes")
+    parser.add_argument("--seconds", type=float, default=10.0, help="packing table: length of the common window")
+    parser.add_argument("--set", default="", help="packing table: config key=value pairs (comma list) on top of "
+                        "the defaults, e.g. compile=reduce-overhead")
+    parser.add_argument("--workers", default="0,2,4", help="loader table: DataLoader worker counts")
+    parser.add_argument("--data", default="", help="loader table: a dataset folder (trainA, trainB); default: the "
+                        "synthetic set, written to a temporary folder at the bench size")
+    parser.add_argument("--official", default="", help="official table: a checkout of "
+                        "taesungp/contrastive-unpaired-translation (never part of the product)")
     parser.add_argument("--ngf", type=int, default=64, help="generator width (64 = official; smaller only for tests)")
     parser.add_argument("--out", default="", help="JSON file for the results (default: results/bench/<device>-<time>.json)")
     parser.add_argument("--case", default="", help=argparse_hidden())
@@ -93,7 +131,18 @@ def run_case(case: dict) -> dict:
     import torch
 
     base = _rss("VmRSS")
+    if case["table"] == "loader":
+        return _loader_case(case)
+    if case.get("threads"):
+        torch.set_num_threads(case["threads"])
     device = torch.device(case["device"])
+    if case["table"] == "packing":
+        return _packing_case(case)
+    if case["table"] in ("options", "official"):
+        fn = _official_step(case, device) if case.get("variant") == "official" else _our_step(case, device)
+        compiled = "compile" in case.get("overrides", {})
+        sec = _timed(fn, case["steps"], max(case["warmup"], 3) if compiled else case["warmup"], device)
+        return _result(case, sec, device, base)
     torch.manual_seed(0)
     size, impl = case["size"], case["impl"]
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if case["dtype"] == "bf16"
@@ -131,13 +180,160 @@ def run_case(case: dict) -> dict:
             loss.backward()
 
     sec = _timed(fn, case["steps"], case["warmup"], device)
+    return _result(case, sec, device, base)
+
+
+def _result(case: dict, sec: float, device, base: int, **extra) -> dict:
+    import torch
+
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM")
     out = dict(case, sec_per_step=sec, images_per_s=1.0 / sec, peak_mem_bytes=int(peak),
                base_mem_bytes=0 if device.type == "cuda" else base, torch=torch.__version__,
                device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-               threads=torch.get_num_threads())
+               threads=torch.get_num_threads(), **extra)
     del out["case_only"]
     return out
+
+
+def _our_step(case: dict, device):
+    """A CUT-family step with the case's config overrides, fed as training feeds it: a host batch
+    copied to the device each step (pinned with pin_memory). Returns the step function."""
+    import torch
+
+    from qsattn.config import resolve
+    from qsattn.model import configure_backends, create_state, train_step
+    from qsattn.train import to_device
+
+    size = case["size"]
+    cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "num_patches": 4 * case["ngf"],
+                   "device": str(device), **case.get("overrides", {})})
+    configure_backends(cfg, device)
+    torch.manual_seed(0)
+    state = create_state(cfg, device)
+    batches = [(torch.rand(1, 3, size, size) * 2 - 1, torch.rand(1, 3, size, size) * 2 - 1) for _ in range(2)]
+    count = [0]
+
+    def fn():
+        count[0] += 1
+        real_A, real_B = to_device(batches[count[0] % 2], device, cfg.pin_memory)
+        train_step(state, real_A, real_B)
+    return fn
+
+
+def _official_step(case: dict, device):
+    """The official CUT step (`CUTModel.optimize_parameters`) from the checkout at case["official"], with
+    the official CUT options (as tests/fixtures/make_parity_fixtures.py loads it, without modification)."""
+    import importlib
+    import types
+    from argparse import Namespace
+
+    import torch
+
+    repo = case["official"]
+    if not (Path(repo) / "models" / "cut_model.py").exists():
+        raise FileNotFoundError(f"--official {repo}: no models/cut_model.py there; pass a checkout of "
+                                "taesungp/contrastive-unpaired-translation")
+    for name in ("torchvision", "packaging"):  # util/util.py, patchnce.py import them; a bare GPU box may lack them
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            stub = types.ModuleType(name)
+            if name == "packaging":
+                version = types.ModuleType("packaging.version")
+                version.parse = lambda v: tuple(int(x) for x in v.split("+")[0].split(".")[:2] if x.isdigit())
+                stub.version = version
+                sys.modules["packaging.version"] = version
+            sys.modules[name] = stub
+    sys.path.insert(0, str(Path(repo).resolve()))
+    from models.cut_model import CUTModel  # noqa: E402 (the official code, from --official)
+
+    size, gpu = case["size"], [device.index or 0] if device.type == "cuda" else []
+    opt = Namespace(
+        isTrain=True, gpu_ids=gpu, checkpoints_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "_bench_official"),
+        name="bench", preprocess="resize_and_crop", input_nc=3, output_nc=3, ngf=case["ngf"], ndf=64,
+        netG="resnet_9blocks", netD="basic", n_layers_D=3, normG="instance", normD="instance", init_type="xavier",
+        init_gain=0.02, no_dropout=True, no_antialias=False, no_antialias_up=False, gan_mode="lsgan", lr=0.0002,
+        beta1=0.5, beta2=0.999, direction="AtoB", batch_size=1, lambda_GAN=1.0, lambda_NCE=1.0, nce_idt=True,
+        nce_layers="0,4,8,12,16", netF="mlp_sample", netF_nc=256, nce_T=0.07, num_patches=4 * case["ngf"],
+        flip_equivariance=False, nce_includes_all_negatives_from_minibatch=False, pool_size=0, CUT_mode="CUT",
+        crop_size=size, load_size=size, lr_policy="linear", epoch_count=1, n_epochs=200, n_epochs_decay=200,
+        continue_train=False, verbose=False, pretrained_name=None, stylegan2_G_num_downsampling=1, weight_norm="none")
+    torch.manual_seed(0)
+    model = CUTModel(opt)
+    batches = [{"A": torch.rand(1, 3, size, size) * 2 - 1, "B": torch.rand(1, 3, size, size) * 2 - 1,
+                "A_paths": ["a"], "B_paths": ["b"]} for _ in range(2)]
+    model.data_dependent_initialize(batches[0])  # creates F and its optimizer, as the official train.py
+    count = [0]
+
+    def fn():  # the official train.py loop body: set_input (host-to-device copy) + optimize_parameters
+        count[0] += 1
+        model.set_input(batches[count[0] % 2])
+        model.optimize_parameters()
+    return fn
+
+
+def _loader_case(case: dict) -> dict:
+    import tempfile
+
+    import torch
+
+    from qsattn.data import UnalignedDataset
+    from qsattn.train import collate
+
+    size = case["size"]
+    root = case.get("data") or ""
+    tmp = None
+    if not root:
+        from qsattn.synthetic import generate
+
+        tmp = tempfile.TemporaryDirectory()
+        root = str(generate(Path(tmp.name) / "synthetic", size=size, n_train=32, n_test=1))
+    ds = UnalignedDataset(root, "train", load_size=size * 286 // 256, crop_size=size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=True, num_workers=case["workers"],
+                                         collate_fn=collate, persistent_workers=case["workers"] > 0)
+    n, total = 0, case["steps"] + case["warmup"]
+    while n < total:
+        for batch in loader:
+            n += 1
+            if n == case["warmup"]:
+                t0 = time.perf_counter()
+            if n >= total:
+                break
+    sec = (time.perf_counter() - t0) / case["steps"]
+    out = dict(case, sec_per_step=sec, images_per_s=1.0 / sec, peak_mem_bytes=_rss("VmHWM"), base_mem_bytes=0,
+               torch=torch.__version__, device_name=_cpu_name(), threads=torch.get_num_threads(),
+               dataset=case.get("data") or f"synthetic {size} px (PNG)")
+    del out["case_only"]
+    if tmp is not None:
+        tmp.cleanup()
+    return out
+
+
+def _packing_case(case: dict) -> dict:
+    """One of K concurrent cells: warm up, wait for the others, step for case["seconds"]."""
+    import torch
+
+    device = torch.device(case["device"])
+    fn = _our_step(case, device)
+    for _ in range(case["warmup"]):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    barrier = Path(case["barrier"])
+    (barrier / f"ready-{case['cell']}").touch()
+    deadline = time.time() + 900
+    while len(list(barrier.glob("ready-*"))) < case["cells"]:
+        if time.time() > deadline:
+            raise TimeoutError("the other cells never became ready")
+        time.sleep(0.01)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < case["seconds"]:
+        fn()
+        steps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    sec = (time.perf_counter() - t0) / steps
+    return _result(case, sec, device, 0, steps_done=steps)
 
 
 def _cpu_name() -> str:
@@ -155,21 +351,93 @@ def _cpu_name() -> str:
 def cases(args, device: str) -> list[dict]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     impls = [i.strip() for i in args.impl.split(",") if i.strip()]
+    sizes = [int(s) for s in args.sizes.split(",")]
     common = dict(device=device, steps=args.steps, warmup=args.warmup, ngf=args.ngf, case_only=True)
+    fast_methods = [m for m in ("cut", "qsattn-global") if m in methods] or ["cut"]
     out = []
     for table in [t.strip() for t in args.tables.split(",") if t.strip()]:
-        for dtype in [d.strip() for d in args.dtype.split(",")]:
-            for size in [int(s) for s in args.sizes.split(",")]:
-                names = methods if table == "step" else [m for m in ["cut", *QS_METHODS] if m == "cut" or m in methods]
-                for method in names:
-                    for impl in (impls if method in QS_METHODS else ["-"]):
-                        out.append(dict(common, table=table, method=method, size=size, dtype=dtype, impl=impl))
+        if table in ("step", "sampler"):
+            for dtype in [d.strip() for d in args.dtype.split(",")]:
+                for size in sizes:
+                    names = methods if table == "step" else [m for m in ["cut", *QS_METHODS] if m == "cut" or m in methods]
+                    for method in names:
+                        for impl in (impls if method in QS_METHODS else ["-"]):
+                            out.append(dict(common, table=table, method=method, size=size, dtype=dtype, impl=impl))
+        elif table == "options":
+            wanted = [o.strip() for o in args.options.split(",") if o.strip()]
+            unknown = set(wanted) - set(OPTION_NAMES)
+            if unknown:
+                raise SystemExit(f"--options: unknown {sorted(unknown)}; known: {', '.join(OPTION_NAMES)}")
+            if device == "cpu":
+                wanted = [o for o in wanted if o not in CUDA_ONLY]
+            for size in sizes:
+                for method in fast_methods:
+                    for variant, overrides, label in _variants(wanted, device):
+                        out.append(dict(common, table=table, method=method, size=size, dtype="fp32", impl="-",
+                                        variant=variant, label=label, overrides=overrides))
+        elif table == "official":
+            if not args.official:
+                raise SystemExit("--tables official needs --official DIR (a checkout of the official CUT code)")
+            for size in sizes:
+                out.append(dict(common, table=table, method="cut", size=size, dtype="fp32", impl="-",
+                                variant="official", label="official code", official=str(Path(args.official).resolve())))
+                for variant, overrides, label in _variants(["defaults", "all-fast"], device):
+                    out.append(dict(common, table=table, method="cut", size=size, dtype="fp32", impl="-",
+                                    variant=variant, label=label, overrides=overrides))
+        elif table == "packing":
+            overrides = dict(item.split("=", 1) for item in args.set.split(",") if item.strip())
+            for size in sizes:
+                for method in fast_methods:
+                    for k in [int(c) for c in args.cells.split(",")]:
+                        out.append(dict(common, table=table, method=method, size=size, dtype="fp32", impl="-",
+                                        cells=k, seconds=args.seconds, overrides=overrides,
+                                        variant=",".join(f"{a}={b}" for a, b in overrides.items()) or "defaults"))
+        elif table == "loader":
+            for size in sizes:
+                for w in [int(x) for x in args.workers.split(",")]:
+                    out.append(dict(common, table=table, method="-", size=size, dtype="-", impl="-", workers=w,
+                                    device="cpu", data=args.data, steps=max(args.steps, 20)))
+        else:
+            raise SystemExit(f"--tables: unknown table '{table}' (step, sampler, options, packing, loader, official)")
     return out
 
 
+def _variants(wanted: list[str], device: str) -> list[tuple[str, dict, str]]:
+    """(name, overrides, label): the plain step, each wanted option alone, the defaults, all-fast."""
+    from qsattn.config import Config
+
+    defaults = {k: getattr(Config, k) for k in PLAIN}
+    all_fast = dict(defaults, adam_impl="fused", compile="reduce-overhead" if device != "cpu" else "default")
+    if device != "cpu":
+        all_fast["cudnn_benchmark"] = True
+    together = {"defaults": (defaults, "identical"), "all-fast": (all_fast, "rounding")}
+    rows = [("plain", dict(PLAIN), "identical")]
+    rows += [(name, dict(PLAIN, **OPTIONS[name][0]), OPTIONS[name][1]) for name in wanted if name in OPTIONS]
+    rows += [(name, *together[name]) for name in ("defaults", "all-fast") if name in wanted]
+    return rows
+
+
+def _run_cases(batch: list[dict]) -> list[dict]:
+    """Run cases concurrently (one process each; a list of one runs alone) and return their rows."""
+    procs = [subprocess.Popen([sys.executable, "-m", "qsattn", "bench", "--case", json.dumps(case)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for case in batch]
+    rows = []
+    for case, proc in zip(batch, procs):
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            lines = stderr.strip().splitlines() or ["no output"]
+            error = "out of memory" if "out of memory" in stderr.lower() else lines[-1]
+            rows.append({k: v for k, v in case.items() if k not in ("case_only", "barrier")} | {"error": error[:300]})
+        else:
+            rows.append(json.loads(stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def _add_ratios(rows: list[dict]) -> None:
-    """ratio_to_cut (time) and mem_ratio_to_cut against CUT in the same table, size and dtype."""
-    ref = {(r["table"], r["size"], r["dtype"]): r for r in rows if r["method"] == "cut" and "sec_per_step" in r}
+    """ratio_to_cut (time) and mem_ratio_to_cut against CUT in the same table, size and dtype; for the
+    speed tables ratio_to_plain, ratio_to_official, speedup_vs_one_cell and loader_over_step."""
+    ref = {(r["table"], r["size"], r["dtype"]): r for r in rows
+           if r["method"] == "cut" and "sec_per_step" in r and r["table"] in ("step", "sampler")}
     for r in rows:
         cut = ref.get((r["table"], r["size"], r["dtype"]))
         if cut is None or "sec_per_step" not in r:
@@ -181,6 +449,33 @@ def _add_ratios(rows: list[dict]) -> None:
                          and s["dtype"] == r["dtype"] and "sec_per_step" in s), None)
             if step is not None:
                 r["overhead_pct_of_cut_step"] = 100 * (r["sec_per_step"] - cut["sec_per_step"]) / step["sec_per_step"]
+    ok = [r for r in rows if "sec_per_step" in r]
+    for r in ok:
+        if r["table"] == "options":
+            plain = next((p for p in ok if p["table"] == "options" and p["variant"] == "plain"
+                          and p["method"] == r["method"] and p["size"] == r["size"]), None)
+            if plain:
+                r["ratio_to_plain"] = r["sec_per_step"] / plain["sec_per_step"]
+            if r["method"] == "qsattn-global":
+                cut = next((p for p in ok if p["table"] == "options" and p["variant"] == r["variant"]
+                            and p["method"] == "cut" and p["size"] == r["size"]), None)
+                if cut:
+                    r["ratio_to_cut"] = r["sec_per_step"] / cut["sec_per_step"]
+        elif r["table"] == "official":
+            off = next((p for p in ok if p["table"] == "official" and p["variant"] == "official" and p["size"] == r["size"]), None)
+            if off:
+                r["ratio_to_official"] = r["sec_per_step"] / off["sec_per_step"]
+        elif r["table"] == "packing":
+            r["aggregate_steps_per_s"] = r.get("aggregate_steps_per_s", 0.0)
+            one = next((p for p in ok if p["table"] == "packing" and p["cells"] == 1 and p["method"] == r["method"]
+                        and p["size"] == r["size"]), None)
+            if one:
+                r["speedup_vs_one_cell"] = r["aggregate_steps_per_s"] / one["aggregate_steps_per_s"]
+        elif r["table"] == "loader":
+            steps = [p for p in ok if p["method"] == "cut" and p["size"] == r["size"] and p["dtype"] == "fp32"
+                     and (p["table"] == "step" or (p["table"] in ("options", "official") and p["variant"] == "defaults"))]
+            if steps:
+                r["loader_over_step"] = r["images_per_s"] / max(p["images_per_s"] for p in steps)
 
 
 def run(args) -> int:
@@ -192,16 +487,27 @@ def run(args) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    import tempfile
+
     rows = []
     for case in cases(args, device):
-        proc = subprocess.run([sys.executable, "-m", "qsattn", "bench", "--case", json.dumps(case)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines() or ["no output"]
-            error = "out of memory" if "out of memory" in proc.stderr.lower() else lines[-1]
-            row = {k: v for k, v in case.items() if k != "case_only"} | {"error": error[:300]}
+        if case["table"] == "packing":
+            with tempfile.TemporaryDirectory() as barrier:
+                k = case["cells"]
+                threads = max(1, (os.cpu_count() or 1) // k) if device == "cpu" else 0
+                cells = _run_cases([dict(case, cell=i, barrier=barrier, threads=threads) for i in range(k)])
+            bad = [c for c in cells if "error" in c]
+            row = {k2: v for k2, v in case.items() if k2 != "case_only"}
+            if bad:
+                row["error"] = bad[0]["error"]
+            else:
+                row.update({k2: cells[0][k2] for k2 in ("torch", "device_name", "threads")},
+                           aggregate_steps_per_s=sum(1 / c["sec_per_step"] for c in cells),
+                           sec_per_step=max(c["sec_per_step"] for c in cells),
+                           peak_mem_bytes=max(c["peak_mem_bytes"] for c in cells), base_mem_bytes=0)
+                row["images_per_s"] = row["aggregate_steps_per_s"]
         else:
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = _run_cases([case])[0]
         rows.append(row)
         print(json.dumps(row), flush=True)
     _add_ratios(rows)
@@ -214,7 +520,37 @@ def run(args) -> int:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table of the results (both tables), for the README."""
+    """Markdown tables of the results, for the README."""
+    base = [r for r in rows if r["table"] in ("step", "sampler")]
+    parts = [_format_base(base)] if base else []
+    speed = [r for r in rows if r["table"] in ("options", "official")]
+    if speed:
+        lines = ["| table | method | px | variant | label | s/step | × plain | × official | QS × CUT |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in speed:
+            cells = [f"{r[k]:.2f}" if k in r else "" for k in ("ratio_to_plain", "ratio_to_official", "ratio_to_cut")]
+            t = r["error"] if "error" in r else f"{r['sec_per_step']:.4f}"
+            lines.append(f"| {r['table']} | {r['method']} | {r['size']} | {r['variant']} | {r['label']} | {t} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    pack = [r for r in rows if r["table"] == "packing"]
+    if pack:
+        lines = ["| packing | px | options | cells | steps/s together | × one cell |", "|---|---|---|---|---|---|"]
+        for r in pack:
+            agg = r["error"] if "error" in r else f"{r['aggregate_steps_per_s']:.2f}"
+            lines.append(f"| {r['method']} | {r['size']} | {r['variant']} | {r['cells']} | {agg} | "
+                         f"{r.get('speedup_vs_one_cell', float('nan')):.2f} |")
+        parts.append("\n".join(lines))
+    load = [r for r in rows if r["table"] == "loader"]
+    if load:
+        lines = ["| loader | px | workers | images/s | × CUT step images/s |", "|---|---|---|---|---|"]
+        for r in load:
+            ips = r["error"] if "error" in r else f"{r['images_per_s']:.1f}"
+            ratio = f"{r['loader_over_step']:.2f}" if "loader_over_step" in r else ""
+            lines.append(f"| {r.get('dataset', r.get('data') or 'synthetic')} | {r['size']} | {r['workers']} | {ips} | {ratio} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _format_base(rows: list[dict]) -> str:
     lines = ["| table | method | impl | px | dtype | s/step | × CUT | peak MiB | mem × CUT | QS overhead % of CUT step |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 
 # Keys that may differ between a run and its resumed continuation; any other difference is an error.
+# The speed options that keep the numerics (adam_impl, compile, cudnn_benchmark, pin_memory) are here;
+# the ones that change them (matmul_tf32, amp) are not.
 RESUMABLE_DIFFERENCES = {
     "name", "run_root", "data_root", "max_steps", "max_images", "device", "num_workers", "num_threads", "log_every",
     "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "tracking_uri", "experiment",
     "skip_bad_images", "qs_impl", "qs_chunk", "eval_metrics", "fid_mode", "inception_weights", "drn_weights",
-    "drn_arch",
+    "drn_arch", "adam_impl", "compile", "cudnn_benchmark", "pin_memory",
 }
 
 
@@ -88,10 +90,32 @@ def restore(state, ckpt: dict) -> None:
         module.load_state_dict(ckpt[f"net_{name}"], strict=True)
     for name, opt in state.optimizers().items():
         opt.load_state_dict(ckpt[f"opt_{name}"])
+    adopt_optimizer_impl(state)
     for sched, sd in zip(state.schedulers, ckpt["schedulers"]):
         sched.load_state_dict(sd)
     state.step, state.epoch = ckpt["step"], ckpt["epoch"]
     set_rng_states(ckpt["rng"], device)
+
+
+def adopt_optimizer_impl(state) -> None:
+    """After loading optimizer states: keep this run's `adam_impl`, not the checkpoint's.
+
+    `Optimizer.load_state_dict` takes the saved param groups wholesale, flags included, so a checkpoint
+    written with adam_impl=plain would silently run plain again. The flags are reset to the config's,
+    and each `step` counter is put where that implementation wants it (fused: float32 on the parameter's
+    device; plain and foreach: a float32 scalar on the CPU). The Adam moments are the same tensors in
+    every implementation."""
+    from qsattn.model import adam_flags
+
+    flags = adam_flags(state.cfg)
+    for opt in state.optimizers().values():
+        for group in opt.param_groups:
+            group.update(flags)
+            for p in group["params"]:
+                st = opt.state.get(p)
+                if st and "step" in st:
+                    step = torch.as_tensor(st["step"], dtype=torch.float32)
+                    st["step"] = step.to(p.device) if flags["fused"] else step.cpu()
 
 
 def export_official(state, folder: str | Path) -> list[Path]:

@@ -97,6 +97,21 @@ class Config:
     tracking_uri: str = ""            # MLflow store; default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db; off: none
     experiment: str = "qsattn"        # MLflow experiment name
 
+    # --- speed (README, "Faster steps") ---------------------------------------------------------------
+    # "identical": bit-identical losses and weights to the plain step over 50 steps (tests/test_fast_step.py
+    # on CPU, tests/test_gpu.py on CUDA); only those are on by default. "rounding": the same maths with
+    # float32 rounding in another order; GAN training amplifies that (a 1e-7 difference at step 1 is O(1)
+    # in the losses by step 20), so these are off by default. "changes numerics": lower precision.
+    adam_impl: str = "foreach"        # plain (a loop over parameters) | foreach (identical; torch's own CUDA
+                                      # default) | fused (one kernel; rounding). Checkpoints resume across them
+    compile: str = "off"              # off | default | reduce-overhead (adds CUDA graphs on a GPU): torch.compile
+                                      # of the G forward, D loss and G/F loss; rounding. Batches of another shape
+                                      # than the first, and pieces that fail to compile, run eager (a warning)
+    cudnn_benchmark: bool = False     # cuDNN times its conv algorithms (GPU); rounding. Forced off when deterministic
+    pin_memory: bool = True           # page-locked host batches, non-blocking copies to the GPU; identical
+    matmul_tf32: bool = False         # CHANGES NUMERICS: TF32 matmuls on the GPU (10-bit mantissa)
+    amp: str = "off"                  # off | bf16. CHANGES NUMERICS: bfloat16 autocast of forwards and losses
+
     # --- evaluation after training (eval/) ----------------------------------------------------------
     eval_metrics: str = "auto"        # comma list, or auto: synthetic_gt on the synthetic set, fid,kid
                                       # elsewhere, plus cityscapes_seg on cityscapes
@@ -127,6 +142,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "qs_impl": ("naive", "chunked"),
     "fid_mode": ("clean", "legacy_pytorch"),
     "drn_arch": ("drn_d_22", "drn_d_105"),
+    "adam_impl": ("plain", "foreach", "fused"),
+    "compile": ("off", "default", "reduce-overhead"),
+    "amp": ("off", "bf16"),
     "lr_policy": ("linear",),
     "direction": ("AtoB", "BtoA"),
     "preprocess": ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"),

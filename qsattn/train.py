@@ -18,7 +18,7 @@ import torch
 
 from qsattn import checkpoint as ckpt_io
 from qsattn.config import Config, ConfigError, load
-from qsattn.model import TrainState, create_state, end_epoch, generator_forward, train_step
+from qsattn.model import TrainState, configure_backends, create_state, end_epoch, generator_forward, train_step
 
 log = logging.getLogger("qsattn.train")
 
@@ -79,6 +79,14 @@ def collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([it["A"] for it in items]), torch.stack([it["B"] for it in items])
 
 
+def to_device(batch: tuple[torch.Tensor, ...], device: torch.device, pin_memory: bool) -> tuple[torch.Tensor, ...]:
+    """Copy a host batch to the device. With pin_memory on a GPU the batch is page-locked first, so the
+    non-blocking copy really overlaps the step (from pageable memory it is synchronous); same bytes."""
+    if pin_memory and device.type == "cuda":
+        batch = tuple(t.pin_memory() for t in batch)
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 def total_epochs(cfg: Config) -> int:
     return cfg.n_epochs + cfg.n_epochs_decay
 
@@ -120,6 +128,7 @@ def train(cfg: Config, progress: bool = True) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed, cfg.deterministic)
+    configure_backends(cfg, device)
     dataset = make_dataset(cfg)
     state = create_state(cfg, device)
     position = 0
@@ -166,8 +175,7 @@ def train(cfg: Config, progress: bool = True) -> Path:
                     save(position)
                     raise Stopped(f"stopped on request at step {state.step}; {run.latest} holds it")
                 idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size].tolist()
-                real_A, real_B = collate([dataset[i] for i in idx])
-                real_A, real_B = real_A.to(device, non_blocking=True), real_B.to(device, non_blocking=True)
+                real_A, real_B = to_device(collate([dataset[i] for i in idx]), device, cfg.pin_memory)
                 losses = train_step(state, real_A, real_B)
                 position += 1
                 for k, v in losses.items():
