@@ -42,8 +42,14 @@ data: $(STAMP)
 # Time and peak memory of training steps and of the QS sampler, naive vs chunked (README, "Performance").
 # On a GPU: `make bench BENCH_ARGS="--device cuda --sizes 256,512 --dtype fp32,bf16"`.
 BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 --steps 5 --warmup 2 --impl naive,chunked --device auto
+# Then the speed options (config "speed" keys), each alone and together against the plain step, labelled
+# identical / rounding / changes numerics, and the data loader alone against the step (README, "Faster
+# steps"). compile=* cases spend minutes compiling on a CPU. Packing several cells per GPU:
+# `make bench BENCH_SPEED_ARGS="--tables packing --cells 1,2,4,8 --sizes 256 --device cuda"`.
+BENCH_SPEED_ARGS ?= --tables options,loader --methods cut,qsattn-global --sizes 128 --steps 5 --warmup 2 --device auto
 bench: $(STAMP)
 	$(PY) -m qsattn bench $(BENCH_ARGS)
+	$(PY) -m qsattn bench $(BENCH_SPEED_ARGS)
 
 # --- results: Table 1 and plots (results/report.py) -------------------------------------------------------
 # `make report EXPERIMENT=demo`: table (Markdown, CSV, LaTeX) and plots of a sweep's MLflow experiment,

@@ -25,6 +25,6 @@ def test_bench_writes_json_lines_and_file(tmp_path):
 
 
 def test_bench_imports_with_torch_alone():
-    code = ("import sys, qsattn.bench, qsattn.model, qsattn.qs_chunked; "
+    code = ("import sys, qsattn.bench, qsattn.model, qsattn.qs_chunked, qsattn.train, qsattn.data, qsattn.synthetic; "
             "bad = {'mlflow', 'cleanfid', 'submitit', 'pandas'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -85,3 +85,106 @@ def test_one_step_of_every_method_on_cuda():
         A, B = torch.rand(1, 3, 256, 256, device="cuda") * 2 - 1, torch.rand(1, 3, 256, 256, device="cuda") * 2 - 1
         losses = train_step(state, A, B)
         assert all(torch.isfinite(v) for v in losses.values()), method
+
+
+# --- speed options (issue #10): the GPU half of tests/test_fast_step.py ------------------------------
+
+SMALL = {"ngf": 16, "ndf": 16, "netF_nc": 64, "num_patches": 64, "crop_size": 64}
+PLAIN = {"adam_impl": "plain", "pin_memory": False}
+
+
+def _gpu_run(overrides, steps=50, deterministic=True, odd_step=None):
+    import os
+
+    from qsattn.model import configure_backends
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        cfg = resolve({"method": "cut", **SMALL, "deterministic": deterministic, **overrides})
+        configure_backends(cfg, "cuda")
+        torch.manual_seed(0)
+        state = create_state(cfg, "cuda")
+        g = torch.Generator().manual_seed(1)
+        data = [(torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.rand(1, 3, 64, 64, generator=g) * 2 - 1) for _ in range(4)]
+        odd = (torch.rand(1, 3, 48, 48, generator=g) * 2 - 1, torch.rand(1, 3, 48, 48, generator=g) * 2 - 1)
+        from qsattn.train import to_device
+
+        history = []
+        for i in range(steps):
+            batch = to_device(odd if i == odd_step else data[i % 4], torch.device("cuda"), cfg.pin_memory)
+            losses = train_step(state, *batch)
+            history.append(torch.stack([losses[k] for k in sorted(losses)]))
+        weights = {f"{n}.{k}": v.detach().cpu() for n, m in state.modules().items() for k, v in m.state_dict().items()}
+        return torch.stack(history).cpu(), weights, state
+    finally:
+        torch.use_deterministic_algorithms(prev)
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision("highest")
+
+
+def _diffs(a, b):
+    return {"loss_step1": (a[0][0] - b[0][0]).abs().max().item(), "loss_max": (a[0] - b[0]).abs().max().item(),
+            "weights_max": max((a[1][k] - b[1][k]).abs().max().item() for k in a[1])}
+
+
+def _record(name, diffs):
+    """Write the measured differences under $OUT (tools/device_check_10.sh) for the README."""
+    import json
+    import os
+
+    if os.environ.get("OUT"):
+        path = Path(os.environ["OUT"]) / "gpu_option_diffs.jsonl"
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"option": name, **diffs}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def plain_gpu():
+    return _gpu_run(PLAIN)
+
+
+@pytest.mark.parametrize("name,overrides", [("adam_impl=foreach", {"adam_impl": "foreach"}),
+                                            ("pin_memory", {"pin_memory": True})])
+def test_identical_options_give_the_plain_50_steps_on_cuda(plain_gpu, name, overrides):
+    """The options on by default must give the plain losses and weights after 50 steps."""
+    run = _gpu_run({**PLAIN, **overrides})
+    _record(name, _diffs(run, plain_gpu))
+    torch.testing.assert_close(run[0], plain_gpu[0])
+    for k in run[1]:
+        torch.testing.assert_close(run[1][k], plain_gpu[1][k], msg=k)
+
+
+@pytest.mark.parametrize("name,overrides,deterministic", [
+    ("adam_impl=fused", {"adam_impl": "fused"}, True),
+    ("cudnn_benchmark", {"cudnn_benchmark": True}, False),
+    ("compile=default", {"compile": "default"}, True),
+    ("compile=reduce-overhead", {"compile": "reduce-overhead"}, False)])
+def test_rounding_options_agree_at_the_first_step_on_cuda(plain_gpu, name, overrides, deterministic):
+    """Options labelled "rounding" (off by default): the first step agrees within float32 rounding;
+    the 50-step differences are recorded. If one stays identical over 50 steps on the GPU, it may go
+    on by default there."""
+    run = _gpu_run({**PLAIN, **overrides}, deterministic=deterministic)
+    compiled = run[2].compiled
+    _record(name, {**_diffs(run, plain_gpu), "eager_pieces": sorted(compiled.failed) if compiled else []})
+    assert torch.isfinite(run[0]).all()
+    torch.testing.assert_close(run[0][0], plain_gpu[0][0], rtol=1e-3, atol=1e-4)
+    if compiled is not None:
+        assert not compiled.disabled, compiled.disabled
+
+
+def test_cuda_graph_step_keeps_earlier_losses_and_runs_odd_shapes_eager():
+    """reduce-overhead replays CUDA graphs whose outputs are overwritten by the next replay: the
+    losses train_step returns must be copies. A batch of another shape runs eager, with a warning."""
+    with pytest.warns(RuntimeWarning, match="differs from the compiled"):
+        run = _gpu_run({"compile": "reduce-overhead"}, steps=8, deterministic=False, odd_step=6)
+    first = run[0][0]
+    assert torch.isfinite(run[0]).all() and not torch.equal(first, run[0][1])
+    cfg = resolve({"method": "cut", **SMALL, "compile": "reduce-overhead"})
+    torch.manual_seed(0)
+    state = create_state(cfg, "cuda")
+    A, B = torch.rand(1, 3, 64, 64, device="cuda"), torch.rand(1, 3, 64, 64, device="cuda")
+    kept = [train_step(state, A, B) for _ in range(4)]
+    values = [l["G"].item() for l in kept]
+    assert len(set(values)) == 4, values  # each step's own loss, not the last replay's
