@@ -193,7 +193,12 @@ def build_discriminator(cfg) -> NLayerDiscriminator:
 
 
 def generator_from_state_dict(state: dict) -> ResnetGenerator:
-    """Rebuild a generator whose architecture is inferred from an (official or our) state dict."""
+    """Rebuild a generator whose architecture is inferred from an (official or our) state dict.
+
+    Official weights trained with `--gpu_ids -1` carry DataParallel's `module.` prefix (CUT's
+    `parallelize()` wraps the networks on the CPU too); it is dropped."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     w0 = state["model.1.weight"]
     ngf, input_nc = w0.shape[0], w0.shape[1]
     n_blocks = len({k.split(".")[1] for k in state if ".conv_block." in k})
