@@ -84,6 +84,32 @@ def test_domains_differ_as_designed(dataset):
     assert set(np.unique(gt[mask])) == {15, 240}
 
 
+def test_every_scene_has_the_datasets_background_colour(dataset):
+    """One background colour (+- jitter) for the whole dataset, in both domains: see the next test."""
+    for split in ("trainA", "trainB", "testA", "testB"):
+        for p in sorted((dataset / split).iterdir()):
+            corner = np.asarray(Image.open(p), dtype=int)[0, 0]  # shapes stay off the corners
+            assert np.abs(corner - synthetic._BACKGROUND).max() <= synthetic._BACKGROUND_JITTER, (p, corner)
+
+
+def test_the_generator_cannot_see_a_global_colour_shift():
+    """Why the background colour is fixed: conv then InstanceNorm makes G(x + c) == G(x) for a per-channel
+    constant c, so a per-image random background (most of the pixels) could never be reproduced."""
+    import torch
+
+    from qsattn.config import resolve
+    from qsattn.model import create_state
+
+    torch.manual_seed(0)
+    G = create_state(resolve({"method": "cut", "ngf": 8, "ndf": 8, "crop_size": 32, "load_size": 32,
+                              "tracking_uri": "off"})).G.eval()
+    x = torch.rand(1, 3, 32, 32) * 0.6 - 0.3
+    shift = torch.tensor([0.5, -0.4, 0.2]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(G(x + shift), G(x), atol=1e-5, rtol=0)
+        assert (G(x.flip(3)) - G(x)).abs().max() > 1e-3  # not a constant network: it does see content
+
+
 def _predict(data_dir, out_dir, source: str) -> None:
     shutil.copytree(data_dir / source, out_dir)
 
@@ -109,7 +135,7 @@ def test_other_stripes_still_count_and_a_ruined_background_does_not(dataset, tmp
         other = gt.copy()
         other[mask] = synthetic._stripes(np.random.default_rng(1000 + i), gt.shape[0])[mask]
         Image.fromarray(other).save(restriped / p.name)
-        Image.fromarray(np.full_like(gt, 128)).save(blank / p.name)
+        Image.fromarray(np.full_like(gt, 230)).save(blank / p.name)
     assert synthetic.score_translation(restriped, dataset)["gt_score"] > 0.5
     ruined = synthetic.score_translation(blank, dataset)
     assert ruined["gt_score"] < 0.1 and ruined["background_l1"] > 0.1
