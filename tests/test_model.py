@@ -232,6 +232,9 @@ def test_generator_architecture_is_inferred_from_a_state_dict(netG, ngf):
     G2 = generator_from_state_dict(G.state_dict())
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(G2(x), G(x))
+    # official weights trained with --gpu_ids -1 keep DataParallel's prefix (CUT's parallelize() wraps on CPU)
+    G3 = generator_from_state_dict(torch.nn.DataParallel(G).state_dict())
+    torch.testing.assert_close(G3(x), G(x))
 
 
 def test_unknown_method_and_option_list_the_valid_ones():
