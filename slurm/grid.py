@@ -41,6 +41,9 @@ from qsattn.config import Config, ConfigError, resolve
 RUN_MANAGEMENT_KEYS = frozenset({
     "name", "run_root", "data_root", "tracking_uri", "experiment", "device", "num_workers", "num_threads", "log_every",
     "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "inception_weights", "drn_weights",
+    # speed options that keep the maths (README, "Faster steps"): the same experiment, run faster; a cell
+    # may resume under other values. amp and matmul_tf32 change numerics, so they stay in the id.
+    "adam_impl", "compile", "cudnn_benchmark", "pin_memory",
 })
 
 GRID_KEYS = {"name", "defaults", "methods", "datasets", "seeds", "cells", "ablations", "include_base",

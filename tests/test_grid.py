@@ -54,6 +54,10 @@ def test_ids_are_stable_and_ignore_where_runs_are_recorded(tmp_path):
     assert [c.id for c in expand(write(tmp_path, moved))] == [c.id for c in first]
     changed = dict(grid, defaults={"run_root": "a", "lr": 0.001})
     assert not {c.id for c in expand(write(tmp_path, changed))} & {c.id for c in first}
+    faster = dict(grid, defaults={"run_root": "a", "adam_impl": "fused", "compile": "default", "pin_memory": False})
+    assert [c.id for c in expand(write(tmp_path, faster))] == [c.id for c in first]  # same experiment, run faster
+    bf16 = dict(grid, defaults={"run_root": "a", "amp": "bf16"})  # changes numerics: another experiment
+    assert not {c.id for c in expand(write(tmp_path, bf16))} & {c.id for c in first}
     assert first[0].id == cell_id(first[0].config)
 
 
