@@ -357,6 +357,10 @@ COMPILE_BACKEND = "inductor"
 
 def end_epoch(state: TrainState) -> None:
     """Official `update_learning_rate()` at the end of each epoch."""
-    for s in state.schedulers:
-        s.step()
+    import warnings
+
+    with warnings.catch_warnings():  # D's optimiser never steps when lambda_GAN is 0: torch's warning is noise
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+        for s in state.schedulers:
+            s.step()
     state.epoch += 1
