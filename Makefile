@@ -28,7 +28,7 @@ clean-venv:
 # MLflow runs (experiment "demo" in mlruns.db), and the report (results/out/demo/).
 demo: $(STAMP)
 	$(PY) -m qsattn synthetic --out datasets/synthetic --size 32
-	$(PY) -m qsattn sweep experiments/demo.yaml --cluster local
+	$(PY) -m qsattn sweep experiments/demo.yaml --cluster local --max-parallel 3
 	$(PY) -m qsattn report --experiment demo --out results/out/demo
 	@echo "The identity mapping (output = input), the score to beat:"
 	@$(PY) -m qsattn synthetic --out datasets/synthetic --size 32 --score datasets/synthetic/testA
