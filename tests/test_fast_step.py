@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from qsattn import checkpoint as ckpt_io
+from qsattn import compiled_step
 from qsattn import model as M
 from qsattn.config import Config, ConfigError, resolve
 
@@ -100,7 +101,7 @@ def test_compiled_step_gives_the_plain_results_and_runs_odd_batches_eager(plain_
     eager fallback for a batch of another shape), with torch.compile's aot_eager backend: the same
     kernels as eager, so equality must hold exactly. Inductor's own rounding: test below (slow)."""
     torch._dynamo.reset()
-    monkeypatch.setattr(M, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compiled_step, "COMPILE_BACKEND", "aot_eager")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         losses, weights, state = _run("cut", {**PLAIN, "compile": "default"}, odd_step=STEPS // 2)
