@@ -12,3 +12,14 @@ def test_public_api_example_runs():
     exec(compile(example, "README.md", "exec"), scope)
     assert scope["loss"].item() > 0
     assert scope["ids"][3].shape == (1, 64) and scope["attn"][3].shape == (1, 64, 64)
+
+
+def test_the_public_api_imports_outside_the_checkout(tmp_path):
+    """The installed package (editable in .venv) is a regular package anywhere, not a namespace package."""
+    import subprocess
+    import sys
+
+    code = "import qsattn; from qsattn import PatchSampleF, patch_nce_loss; print(qsattn.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("qsattn/__init__.py")
