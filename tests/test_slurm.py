@@ -54,6 +54,14 @@ def status(grid: Path) -> dict[str, dict]:
     return {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
 
 
+def release_requeued(job_id: str) -> None:
+    """Start a requeued job now instead of after SLURM's ~2-minute requeue delay. Not in the second of the
+    requeue: slurmd revoked the job's old credential then, and a launch within that same second is
+    refused ("Job credential revoked") and the job ends failed without running."""
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+
+
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -114,7 +122,7 @@ def test_a_preempted_job_requeues_resumes_its_checkpoint_and_ends_with_the_unint
              and (squeue_state(job_id) != "RUNNING"
                   or json.loads((run_dir / "sweep" / "started.json").read_text())["restarts"] >= 1),
              120, "the requeue")
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    release_requeued(job_id)
 
     # meanwhile, the same cell uninterrupted, in this process
     from qsattn.cli import main as cli
@@ -169,7 +177,7 @@ def test_a_preempted_packed_job_requeues_and_resumes_each_of_its_cells(slurm_clu
         return state in ("PENDING", "REQUEUED", "CONFIGURING") or (state == "RUNNING" and restarted)
 
     wait_for(requeued, 120, "the requeue")
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    release_requeued(job_id)
     wait_for(lambda: all((d / "sweep" / "finished.json").exists() or (d / "sweep" / "failed.json").exists()
                          for d in run_dirs), 600, "the requeued pack to finish", poll=1.0)
     for d in run_dirs:
