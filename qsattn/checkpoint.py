@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch
 
+from qsattn.config import MATHS_KEEPING_SPEED_KEYS
+
 # Keys that may differ between a run and its resumed continuation; any other difference is an error.
-# The speed options that keep the numerics (adam_impl, compile, cudnn_benchmark, pin_memory) are here;
-# the ones that change them (matmul_tf32, amp) are not.
-RESUMABLE_DIFFERENCES = {
+# The speed options that keep the maths are among them; those that change numerics (amp, matmul_tf32) are not.
+RESUMABLE_DIFFERENCES = MATHS_KEEPING_SPEED_KEYS | {
     "name", "run_root", "data_root", "max_steps", "max_images", "device", "num_workers", "num_threads", "log_every",
     "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "tracking_uri", "experiment",
     "skip_bad_images", "qs_impl", "qs_chunk", "eval_metrics", "fid_mode", "inception_weights", "drn_weights",
-    "drn_arch", "adam_impl", "compile", "cudnn_benchmark", "pin_memory",
+    "drn_arch",
 }
 
 

@@ -130,6 +130,10 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
+# Speed options that keep the maths (labelled identical or rounding above): a run may resume under other
+# values, and a sweep cell is the same experiment whatever they are. amp and matmul_tf32 are not here.
+MATHS_KEEPING_SPEED_KEYS = frozenset({"adam_impl", "compile", "cudnn_benchmark", "pin_memory"})
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "netG": ("resnet_9blocks", "resnet_6blocks", "resnet_4blocks"),
     "normG": ("instance", "batch", "none"),

@@ -35,16 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsattn.config import Config, ConfigError, resolve
+from qsattn.config import MATHS_KEEPING_SPEED_KEYS, Config, ConfigError, resolve
 
 # Keys that say where and how a run is recorded, not what it computes: left out of the cell id.
-RUN_MANAGEMENT_KEYS = frozenset({
+# The speed options that keep the maths are left out too: the same experiment, run faster.
+RUN_MANAGEMENT_KEYS = MATHS_KEEPING_SPEED_KEYS | {
     "name", "run_root", "data_root", "tracking_uri", "experiment", "device", "num_workers", "num_threads", "log_every",
     "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "inception_weights", "drn_weights",
-    # speed options that keep the maths (README, "Faster steps"): the same experiment, run faster; a cell
-    # may resume under other values. amp and matmul_tf32 change numerics, so they stay in the id.
-    "adam_impl", "compile", "cudnn_benchmark", "pin_memory",
-})
+}
 
 GRID_KEYS = {"name", "defaults", "methods", "datasets", "seeds", "cells", "ablations", "include_base",
              "description"}
