@@ -12,16 +12,7 @@ from pathlib import Path
 
 import torch
 
-from qsattn.config import MATHS_KEEPING_SPEED_KEYS
-
-# Keys that may differ between a run and its resumed continuation; any other difference is an error.
-# The speed options that keep the maths are among them; those that change numerics (amp, matmul_tf32) are not.
-RESUMABLE_DIFFERENCES = MATHS_KEEPING_SPEED_KEYS | {
-    "name", "run_root", "data_root", "max_steps", "max_images", "device", "num_workers", "num_threads", "log_every",
-    "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "tracking_uri", "experiment",
-    "skip_bad_images", "qs_impl", "qs_chunk", "eval_metrics", "fid_mode", "inception_weights", "drn_weights",
-    "drn_arch",
-}
+from qsattn.config import RESUMABLE_KEYS
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -80,7 +71,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
 
 def config_mismatches(saved: dict, cfg) -> list[str]:
     now = _plain(cfg.to_dict())
-    keys = sorted((set(saved) | set(now)) - RESUMABLE_DIFFERENCES)
+    keys = sorted((set(saved) | set(now)) - RESUMABLE_KEYS)
     return [f"{k}: checkpoint {saved.get(k)!r} vs config {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 

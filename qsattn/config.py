@@ -4,121 +4,162 @@ Resolution order: these defaults <- the method's preset (`method: cut`) <- the Y
 overrides on the command line. Unknown keys and bad values are errors that say what is valid.
 Defaults are those of the official QS-Attn / CUT code (options/base_options.py, train_options.py,
 models/qs_model.py, models/cut_model.py).
+
+Each key carries its metadata (`key(...)`): a one-line meaning, its section, the values it admits
+(choices or a numeric range, checked by `validate`) and its role, which decides what a change means:
+
+  experiment  changes what is computed: part of a sweep cell's id; a run resumes only with the same value
+  resumable   part of the cell id, but a run may resume under another value (a cap, the same maths)
+  runtime     where and how a run is recorded or executed (paths, logging, devices, the speed options
+              that keep the maths): not in the cell id, free to change on resume
+  evaluation  how a finished run is scored: not in the cell id (re-score without retraining)
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+ROLES = ("experiment", "resumable", "runtime", "evaluation")
 
 
 class ConfigError(ValueError):
     """A config key or value the user must fix; the message says how."""
 
 
+def key(default: Any, help: str, *, section: str, role: str = "experiment", choices: tuple = (),
+        ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None):
+    """A config field with its metadata (see the module docstring)."""
+    assert role in ROLES, role
+    return field(default=default, metadata={"help": help, "section": section, "role": role, "choices": tuple(choices),
+                                            "ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+def _section(name: str):
+    return functools.partial(key, section=name)
+
+
+_what, _net, _loss, _sampler = _section("what to run"), _section("networks"), _section("losses"), _section("patch sampler F")
+_optim, _data, _engine = _section("optimisation"), _section("data"), _section("engine")
+_speed, _eval = _section("speed"), _section("evaluation")
+
+
 @dataclass
 class Config:
     # --- what to run -------------------------------------------------------------------------
-    method: str = "qsattn-global"     # see `python -m qsattn methods`; the preset sets the keys below
-    name: str = ""                    # run name; default: "<method>-<dataset>-s<seed>"
-    dataset: str = "synthetic"        # a folder under data_root with trainA/trainB/testA/testB
-    data_root: str = "datasets"
-    run_root: str = "runs"            # one folder per run: runs/<name>/
-    seed: int = 0
+    method: str = _what("qsattn-global", "the method preset (`python -m qsattn methods`); it sets the keys below")
+    name: str = _what("", "run name; default <method>-<dataset>-s<seed>", role="runtime")
+    dataset: str = _what("synthetic", "a folder under data_root with trainA/trainB/testA/testB")
+    data_root: str = _what("datasets", "folder that holds the datasets", role="runtime")
+    run_root: str = _what("runs", "one folder per run: <run_root>/<name>/", role="runtime")
+    seed: int = _what(0, "seed of every random draw (init, data order, patches)", ge=0)
 
     # --- networks (official defaults) ----------------------------------------------------------
-    netG: str = "resnet_9blocks"      # resnet_9blocks | resnet_6blocks | resnet_4blocks
-    ngf: int = 64
-    ndf: int = 64
-    n_layers_D: int = 3
-    normG: str = "instance"           # instance | batch | none
-    normD: str = "instance"
-    init_type: str = "xavier"         # normal | xavier | kaiming | orthogonal
-    init_gain: float = 0.02
-    no_antialias: bool = False
-    no_antialias_up: bool = False
-    input_nc: int = 3
-    output_nc: int = 3
+    netG: str = _net("resnet_9blocks", "generator architecture", choices=("resnet_9blocks", "resnet_6blocks", "resnet_4blocks"))
+    ngf: int = _net(64, "generator filters in the first conv layer", ge=1)
+    ndf: int = _net(64, "discriminator filters in the first conv layer", ge=1)
+    n_layers_D: int = _net(3, "PatchGAN discriminator layers (3: the 70x70 PatchGAN)", ge=1)
+    normG: str = _net("instance", "generator normalisation", choices=("instance", "batch", "none"))
+    normD: str = _net("instance", "discriminator normalisation", choices=("instance", "batch", "none"))
+    init_type: str = _net("xavier", "weight initialisation", choices=("normal", "xavier", "kaiming", "orthogonal"))
+    init_gain: float = _net(0.02, "scale of the weight initialisation", gt=0)
+    no_antialias: bool = _net(False, "plain strided convs instead of anti-aliased downsampling")
+    no_antialias_up: bool = _net(False, "plain transposed convs instead of anti-aliased upsampling")
+    input_nc: int = _net(3, "input image channels", ge=1)
+    output_nc: int = _net(3, "output image channels", ge=1)
 
     # --- losses ----------------------------------------------------------------------------------
-    gan_mode: str = "lsgan"           # lsgan | vanilla | nonsaturating
-    lambda_GAN: float = 1.0
-    lambda_NCE: float = 1.0
-    nce_idt: bool = True
-    nce_T: float = 0.07
-    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
-    flip_equivariance: bool = False
+    gan_mode: str = _loss("lsgan", "GAN objective", choices=("lsgan", "vanilla", "nonsaturating"))
+    lambda_GAN: float = _loss(1.0, "weight of the GAN loss (0: no discriminator at all)", ge=0)
+    lambda_NCE: float = _loss(1.0, "weight of the PatchNCE loss", ge=0)
+    nce_idt: bool = _loss(True, "also PatchNCE on (real_B, G(real_B)), the identity term")
+    nce_T: float = _loss(0.07, "PatchNCE temperature", gt=0)
+    nce_layers: tuple[int, ...] = _loss((0, 4, 8, 12, 16), "generator layers whose features PatchNCE compares")
+    flip_equivariance: bool = _loss(False, "FastCUT: flip the input at random and the query features back")
 
     # --- patch sampler F (QS-Attn lives here) -------------------------------------------------
-    netF_nc: int = 256
-    num_patches: int = 256
-    qs_mode: str = "global"           # none (CUT's random sampling) | global | local | global+local
-    qs_layers: tuple[int, ...] = (3, 4)  # positions in nce_layers that use QS (official: index >= 3)
-    qs_selection: str = "entropy"     # entropy (QS-Attn) | random (ablation: random rows, still routed)
-    local_window: int = 7
-    local_layout: str = "official"    # official (bit-for-bit the released code) | corrected
-    qs_impl: str = "naive"            # naive (the faithful formula) | chunked (same result, less memory)
-    qs_chunk: int = 1024              # rows per chunk in qs_impl=chunked
+    netF_nc: int = _sampler(256, "output size of the projection head's MLP", ge=1)
+    num_patches: int = _sampler(256, "patches (queries) per image and layer", ge=1)
+    qs_mode: str = _sampler("global", "none (CUT's random patches) | global | local | global+local attention",
+                            choices=("none", "global", "local", "global+local"))
+    qs_layers: tuple[int, ...] = _sampler((3, 4), "positions in nce_layers that use QS (official: index >= 3)")
+    qs_selection: str = _sampler("entropy", "entropy (QS-Attn) | random (ablation: random rows, still routed)",
+                                 choices=("entropy", "random"))
+    local_window: int = _sampler(7, "side of the local attention window (odd)", ge=1)
+    local_layout: str = _sampler("official", "official (bit-for-bit the released code, defects kept) | corrected",
+                                 choices=("official", "corrected"))
+    qs_impl: str = _sampler("naive", "naive (the faithful formula) | chunked (same selection, less memory)",
+                            role="resumable", choices=("naive", "chunked"))
+    qs_chunk: int = _sampler(1024, "rows per chunk with qs_impl=chunked", role="resumable", ge=1)
 
     # --- optimisation (official defaults) -------------------------------------------------------
-    lr: float = 0.0002
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 1
-    n_epochs: int = 200               # epochs at the initial learning rate
-    n_epochs_decay: int = 200         # epochs of linear decay to zero
-    lr_policy: str = "linear"
-    max_steps: int = 0                # stop after this many steps (0: the full schedule)
-    max_images: int = 0               # stop after this many training images (0: no cap)
+    lr: float = _optim(0.0002, "Adam learning rate", gt=0)
+    beta1: float = _optim(0.5, "Adam beta1", ge=0, lt=1)
+    beta2: float = _optim(0.999, "Adam beta2", ge=0, lt=1)
+    batch_size: int = _optim(1, "images per step", ge=1)
+    n_epochs: int = _optim(200, "epochs at the initial learning rate", ge=0)
+    n_epochs_decay: int = _optim(200, "epochs of linear decay to zero", ge=0)
+    lr_policy: str = _optim("linear", "learning-rate schedule", choices=("linear",))
+    max_steps: int = _optim(0, "stop after this many steps (0: the full schedule)", role="resumable", ge=0)
+    max_images: int = _optim(0, "stop after this many training images (0: no cap)", role="resumable", ge=0)
 
     # --- data (official defaults) ----------------------------------------------------------------
-    direction: str = "AtoB"           # AtoB | BtoA
-    preprocess: str = "resize_and_crop"  # resize_and_crop | crop | scale_width | scale_width_and_crop | none
-    load_size: int = 286
-    crop_size: int = 256
-    no_flip: bool = False
-    serial_batches: bool = False      # B in order instead of drawn at random for each A
-    max_dataset_size: int = 0         # 0: no cap
-    skip_bad_images: bool = False     # unreadable images: error (default) or skip and count
-    num_workers: int = 0
-    num_threads: int = 0              # torch CPU threads (0: torch's default). Set cores / cells when
-                                      # several runs share a CPU: oversubscribed threads run 10x slower
+    direction: str = _data("AtoB", "AtoB | BtoA (swap the domains)", choices=("AtoB", "BtoA"))
+    preprocess: str = _data("resize_and_crop", "training-image preprocessing",
+                            choices=("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"))
+    load_size: int = _data(286, "resize to this size before cropping", ge=1)
+    crop_size: int = _data(256, "training crop (and test size)", ge=1)
+    no_flip: bool = _data(False, "no random horizontal flip")
+    serial_batches: bool = _data(False, "B in order instead of drawn at random for each A")
+    max_dataset_size: int = _data(0, "use only the first N images of each domain (0: all)", ge=0)
+    skip_bad_images: bool = _data(False, "unreadable images: error (false) or skip and count (true)", role="resumable")
+    num_workers: int = _data(0, "data-loader worker processes", role="runtime", ge=0)
+    num_threads: int = _data(0, "torch CPU threads (0: torch's default); cores / cells when runs share a CPU",
+                             role="runtime", ge=0)
 
     # --- engine ------------------------------------------------------------------------------------
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
-    deterministic: bool = False       # torch.use_deterministic_algorithms; bit-exact resume on CPU
-    log_every: int = 50               # steps between loss readouts (losses stay on device in between)
-    sample_every: int = 500           # steps between sample grids
-    checkpoint_every: int = 500       # steps between checkpoints (and at every epoch end)
-    keep_epoch_checkpoints: int = 0   # also keep a checkpoint every K epochs, for best-vs-last FID (0: off)
-    tracking_uri: str = ""            # MLflow store; default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db; off: none
-    experiment: str = "qsattn"        # MLflow experiment name
+    device: str = _engine("auto", "auto | cpu | cuda | cuda:N", role="runtime")
+    deterministic: bool = _engine(False, "torch.use_deterministic_algorithms: bit-exact resume on CPU")
+    log_every: int = _engine(50, "steps between loss readouts (losses stay on the device in between)",
+                             role="runtime", ge=1)
+    sample_every: int = _engine(500, "steps between sample grids (0: none)", role="runtime", ge=0)
+    checkpoint_every: int = _engine(500, "steps between checkpoints (also at every epoch end; 0: epoch ends only)",
+                                    role="runtime", ge=0)
+    keep_epoch_checkpoints: int = _engine(0, "also keep every K-th epoch's checkpoint, for best-vs-last (0: off)",
+                                          role="runtime", ge=0)
+    tracking_uri: str = _engine("", "MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///mlruns.db; off: none",
+                                role="runtime")
+    experiment: str = _engine("qsattn", "MLflow experiment name", role="runtime")
 
-    # --- speed (README, "Faster steps") ---------------------------------------------------------------
-    # "identical": bit-identical losses and weights to the plain step over 50 steps (tests/test_fast_step.py
-    # on CPU, tests/test_gpu.py on CUDA); only those are on by default. "rounding": the same maths with
-    # float32 rounding in another order; GAN training amplifies that (a 1e-7 difference at step 1 is O(1)
-    # in the losses by step 20), so these are off by default. "changes numerics": lower precision.
-    adam_impl: str = "foreach"        # plain (a loop over parameters) | foreach (identical; torch's own CUDA
-                                      # default) | fused (one kernel; rounding). Checkpoints resume across them
-    compile: str = "off"              # off | default | reduce-overhead (adds CUDA graphs on a GPU): torch.compile
-                                      # of the G forward, D loss and G/F loss; rounding. Batches of another shape
-                                      # than the first, and pieces that fail to compile, run eager (a warning)
-    cudnn_benchmark: bool = False     # cuDNN times its conv algorithms (GPU); rounding. Forced off when deterministic
-    pin_memory: bool = True           # page-locked host batches, non-blocking copies to the GPU; identical
-    matmul_tf32: bool = False         # CHANGES NUMERICS: TF32 matmuls on the GPU (10-bit mantissa)
-    amp: str = "off"                  # off | bf16. CHANGES NUMERICS: bfloat16 autocast of forwards and losses
+    # --- speed (README, "Faster steps"): labelled identical | rounding | changes numerics -----------
+    # Only "identical" options are on by default: GAN training amplifies rounding (a 1e-7 difference at
+    # step 1 is O(1) in the losses by step 20). The maths-keeping ones are runtime keys.
+    adam_impl: str = _speed("foreach", "Adam kernels: plain | foreach (identical) | fused (rounding)",
+                            role="runtime", choices=("plain", "foreach", "fused"))
+    compile: str = _speed("off", "torch.compile of the step's pieces: off | default | reduce-overhead (rounding)",
+                          role="runtime", choices=("off", "default", "reduce-overhead"))
+    cudnn_benchmark: bool = _speed(False, "cuDNN times its conv algorithms (rounding; off when deterministic)",
+                                   role="runtime")
+    pin_memory: bool = _speed(True, "page-locked host batches, non-blocking copies to the GPU (identical)",
+                              role="runtime")
+    matmul_tf32: bool = _speed(False, "TF32 matmuls on the GPU (CHANGES NUMERICS)")
+    amp: str = _speed("off", "off | bf16 autocast of forwards and losses (CHANGES NUMERICS)", choices=("off", "bf16"))
 
     # --- evaluation after training (eval/) ----------------------------------------------------------
-    eval_metrics: str = "auto"        # comma list, or auto: synthetic_gt on the synthetic set, fid,kid
-                                      # elsewhere, plus cityscapes_seg on cityscapes
-    fid_mode: str = "clean"           # clean | legacy_pytorch (the papers' pytorch-fid protocol)
-    inception_weights: str = ""       # path to the Inception file offline (else clean-fid downloads it)
-    drn_weights: str = ""             # drn_d_22_cityscapes.pth (or d_105) for cityscapes_seg
-    drn_arch: str = "drn_d_22"        # drn_d_22 | drn_d_105
+    eval_metrics: str = _eval("auto", "comma list, or auto: synthetic_gt on the synthetic set, fid,kid elsewhere "
+                              "(+ cityscapes_seg on cityscapes)", role="evaluation")
+    fid_mode: str = _eval("clean", "clean | legacy_pytorch (the papers' pytorch-fid protocol)", role="evaluation",
+                          choices=("clean", "legacy_pytorch"))
+    inception_weights: str = _eval("", "path to the Inception file offline (else clean-fid downloads it)",
+                                   role="evaluation")
+    drn_weights: str = _eval("", "DRN Cityscapes weights for cityscapes_seg", role="evaluation")
+    drn_arch: str = _eval("drn_d_22", "DRN architecture of drn_weights", role="evaluation",
+                          choices=("drn_d_22", "drn_d_105"))
 
     def run_name(self) -> str:
         return self.name or f"{self.method}-{self.dataset}-s{self.seed}"
@@ -130,31 +171,19 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-# Speed options that keep the maths (labelled identical or rounding above): a run may resume under other
-# values, and a sweep cell is the same experiment whatever they are. amp and matmul_tf32 are not here.
-MATHS_KEEPING_SPEED_KEYS = frozenset({"adam_impl", "compile", "cudnn_benchmark", "pin_memory"})
+FIELDS = {f.name: f for f in fields(Config)}
+FIELD_TYPES = {name: f.type for name, f in FIELDS.items()}
+CHOICES: dict[str, tuple[str, ...]] = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata["choices"]}
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "netG": ("resnet_9blocks", "resnet_6blocks", "resnet_4blocks"),
-    "normG": ("instance", "batch", "none"),
-    "normD": ("instance", "batch", "none"),
-    "init_type": ("normal", "xavier", "kaiming", "orthogonal"),
-    "gan_mode": ("lsgan", "vanilla", "nonsaturating"),
-    "qs_mode": ("none", "global", "local", "global+local"),
-    "qs_selection": ("entropy", "random"),
-    "local_layout": ("official", "corrected"),
-    "qs_impl": ("naive", "chunked"),
-    "fid_mode": ("clean", "legacy_pytorch"),
-    "drn_arch": ("drn_d_22", "drn_d_105"),
-    "adam_impl": ("plain", "foreach", "fused"),
-    "compile": ("off", "default", "reduce-overhead"),
-    "amp": ("off", "bf16"),
-    "lr_policy": ("linear",),
-    "direction": ("AtoB", "BtoA"),
-    "preprocess": ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"),
-}
 
-FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+def keys_with_role(*roles: str) -> frozenset[str]:
+    return frozenset(name for name, f in FIELDS.items() if f.metadata["role"] in roles)
+
+
+# Left out of a sweep cell's id: where and how a run is recorded, and how it is scored.
+NOT_IN_CELL_ID = keys_with_role("runtime", "evaluation")
+# May differ between a run and its resumed continuation; any other difference is an error.
+RESUMABLE_KEYS = keys_with_role("resumable", "runtime", "evaluation")
 
 
 def parse_bool(value: Any, key: str = "value") -> bool:
@@ -187,7 +216,7 @@ def _coerce(key: str, value: Any) -> Any:
             return tuple(int(v) for v in items)
     except ConfigError:
         raise
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
     raise AssertionError(f"unhandled type {kind} for {key}")
 
@@ -209,20 +238,36 @@ def apply(cfg: Config, updates: dict[str, Any]) -> Config:
     return dataclasses.replace(cfg, **clean)
 
 
+_BOUNDS = (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+           ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b))
+
+
+def _check_field(name: str, value: Any) -> None:
+    """The choices and numeric range that the key's metadata declares."""
+    meta = FIELDS[name].metadata
+    if meta["choices"] and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(meta['choices'])}.{hint}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value}")
+    for bound, sign, holds in _BOUNDS:
+        if meta[bound] is not None and not holds(value, meta[bound]):
+            raise ConfigError(f"{name}: must be {sign} {meta[bound]:g}, got {value}")
+
+
 def validate(cfg: Config) -> Config:
-    for key, allowed in CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for name in FIELDS:
+        _check_field(name, getattr(cfg, name))
     n_layers = len(cfg.nce_layers)
+    if not n_layers or any(i < 0 for i in cfg.nce_layers):
+        raise ConfigError(f"nce_layers: expected non-negative layer indices, got {list(cfg.nce_layers)}")
     bad = [i for i in cfg.qs_layers if not 0 <= i < n_layers]
     if cfg.qs_mode != "none" and bad:
         raise ConfigError(f"qs_layers: {bad} are not positions in nce_layers {list(cfg.nce_layers)} (0..{n_layers - 1})")
-    if cfg.local_window % 2 != 1 or cfg.local_window < 1:
+    if cfg.local_window % 2 != 1:
         raise ConfigError(f"local_window must be an odd positive size, got {cfg.local_window}")
-    for key in ("num_patches", "batch_size", "crop_size", "load_size", "ngf", "ndf", "netF_nc", "qs_chunk", "log_every"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    if cfg.n_epochs < 0 or cfg.n_epochs_decay < 0 or cfg.n_epochs + cfg.n_epochs_decay == 0:
+    if cfg.n_epochs + cfg.n_epochs_decay == 0:
         raise ConfigError("n_epochs + n_epochs_decay must be at least 1")
     return cfg
 

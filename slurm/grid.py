@@ -21,9 +21,10 @@ Resolution of one cell: Config defaults <- method preset <- grid defaults <- dat
 overrides <- ablation `set` and `vary` <- matching `cells` entries. Every cell is validated by
 `qsattn.config.resolve`; a bad key is an error naming the file and the cell.
 
-A cell's id is a hash of its resolved config without the run-management keys (where runs and logs go,
-how often to log), so moving the run root or the MLflow store keeps the ids, and any change that can
-change a result gives a new id and a new run folder.
+A cell's id is a hash of its resolved config without the keys whose role is `runtime` or `evaluation`
+(`qsattn.config`: where runs and logs go, how often to log, how a finished run is scored), so moving the
+run root or the MLflow store, or re-scoring under another protocol, keeps the ids, and any change that
+can change a trained model gives a new id and a new run folder.
 """
 from __future__ import annotations
 
@@ -35,14 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsattn.config import MATHS_KEEPING_SPEED_KEYS, Config, ConfigError, resolve
-
-# Keys that say where and how a run is recorded, not what it computes: left out of the cell id.
-# The speed options that keep the maths are left out too: the same experiment, run faster.
-RUN_MANAGEMENT_KEYS = MATHS_KEEPING_SPEED_KEYS | {
-    "name", "run_root", "data_root", "tracking_uri", "experiment", "device", "num_workers", "num_threads", "log_every",
-    "sample_every", "checkpoint_every", "keep_epoch_checkpoints", "inception_weights", "drn_weights",
-}
+from qsattn.config import NOT_IN_CELL_ID, Config, ConfigError, resolve
 
 GRID_KEYS = {"name", "defaults", "methods", "datasets", "seeds", "cells", "ablations", "include_base",
              "description"}
@@ -55,7 +49,7 @@ class GridError(ConfigError):
 
 @dataclass(frozen=True)
 class Cell:
-    id: str                 # 12 hex digits of the hash of the resolved config minus run-management keys
+    id: str                 # 12 hex digits of the hash of the resolved config minus runtime/evaluation keys
     name: str               # readable: <method>-<dataset>-s<seed>[-<ablation>[-<key><value>]]
     method: str
     dataset: str
@@ -84,7 +78,7 @@ class Cell:
 
 def cell_id(cfg: Config) -> str:
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()
-              if k not in RUN_MANAGEMENT_KEYS}
+              if k not in NOT_IN_CELL_ID}
     blob = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -1,0 +1,45 @@
+"""The config's field metadata: every key documented, its range and choices enforced, its role deciding
+the sweep cell id and what may change on resume."""
+import pytest
+
+from qsattn.config import FIELDS, NOT_IN_CELL_ID, RESUMABLE_KEYS, ROLES, Config, ConfigError, resolve
+
+
+def test_every_key_has_a_meaning_a_section_and_a_role():
+    for name, f in FIELDS.items():
+        assert f.metadata["help"].strip(), name
+        assert f.metadata["section"], name
+        assert f.metadata["role"] in ROLES, name
+
+def test_defaults_satisfy_their_own_metadata():
+    resolve({})  # validate() checks every key's choices and range
+    for name, f in FIELDS.items():
+        if f.metadata["choices"]:
+            assert getattr(Config(), name) in f.metadata["choices"], name
+
+@pytest.mark.parametrize("key,value,message", [
+    ("lr", "inf", "lr: must be a finite number"),
+    ("lr", "0", "lr: must be > 0"),
+    ("max_steps", "-1", "max_steps: must be >= 0"),
+    ("checkpoint_every", "-3", "checkpoint_every: must be >= 0"),
+    ("beta1", "1", "beta1: must be < 1"),
+    ("num_patches", "0", "num_patches: must be >= 1"),
+    ("nce_T", "nan", "nce_T: must be a finite number"),
+    ("qs_mode", "globl", "Did you mean 'global'"),
+    ("nce_layers", "0,-4", "nce_layers: expected non-negative"),
+])
+def test_out_of_range_values_are_one_clear_error(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve({key: value})
+
+def test_roles_decide_the_cell_id_and_resume_key_sets():
+    roles = {name: f.metadata["role"] for name, f in FIELDS.items()}
+    assert NOT_IN_CELL_ID == {k for k, r in roles.items() if r in ("runtime", "evaluation")}
+    assert RESUMABLE_KEYS == NOT_IN_CELL_ID | {k for k, r in roles.items() if r == "resumable"}
+    # what a trained model depends on stays in the id and must match on resume
+    for key in ("lr", "qs_mode", "num_patches", "seed", "amp", "matmul_tf32", "deterministic", "dataset"):
+        assert key not in RESUMABLE_KEYS, key
+    # evaluation settings can change after training (re-score without retraining)
+    assert {"fid_mode", "drn_arch", "eval_metrics", "inception_weights", "drn_weights"} <= NOT_IN_CELL_ID
+    # the speed options that keep the maths are runtime keys
+    assert {"adam_impl", "compile", "cudnn_benchmark", "pin_memory"} <= NOT_IN_CELL_ID
