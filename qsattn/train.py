@@ -158,15 +158,6 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
         position = saved["position"]
         log.info("resumed %s at epoch %d, step %d", run.dir, state.epoch, state.step)
 
-    from qsattn.tracking import git_commit, open_tracker
-
-    tags = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "git_commit": git_commit(),
-            "run_dir": str(run.dir.absolute())}
-    tracker = open_tracker(cfg, run.dir, tags)
-    if state.step == 0:
-        tracker.log_params(cfg.to_dict())
-        tracker.log_artifact(run.config)
-
     n_batches = len(dataset) // cfg.batch_size  # drop_last, as the official training loader
     if n_batches == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({len(dataset)} images)")
@@ -180,6 +171,15 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
         run.done.unlink()
     atomic_write_text(run.config, _yaml(cfg))  # only now: a refused resume leaves the run's own config
     log.info("config:\n%s", cfg.dumps())
+
+    from qsattn.tracking import git_commit, open_tracker
+
+    tags = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "git_commit": git_commit(),
+            "run_dir": str(run.dir.absolute())}
+    tracker = open_tracker(cfg, run.dir, tags)
+    if state.step == 0:
+        tracker.log_params(cfg.to_dict())
+        tracker.log_artifact(run.config)
 
     def save(pos: int, path: Path = run.latest) -> None:
         assert_finite(state, running, run)  # a NaN never replaces a good checkpoint
