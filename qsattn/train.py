@@ -213,7 +213,7 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
                     metrics = {k: (v / (state.step - step_last)).item() for k, v in running.items()}
                     metrics["images_per_s"] = (state.step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
                     metrics["lr"] = state.opt_G.param_groups[0]["lr"]
-                    _check_finite(metrics, state.step)
+                    assert_finite(state, running, run)
                     tracker.log_metrics(metrics, state.step)
                     bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("G", "NCE", "D", "images_per_s") if k in metrics})
                     running, t_last, step_last = {}, now, state.step
@@ -303,7 +303,8 @@ def check_against_network(cfg: Config, state: TrainState) -> None:
     n_layers = len(state.G.model)
     bad = [i for i in cfg.nce_layers if i >= n_layers]
     if bad:
-        raise ConfigError(f"nce_layers: {','.join(map(str, bad))} not a layer of this generator (netG={cfg.netG}"
+        raise ConfigError(f"nce_layers: {','.join(map(str, bad))} {'is not a layer' if len(bad) == 1 else 'are not layers'}"
+                          f" of this generator (netG={cfg.netG}"
                           f"{', no_antialias' if cfg.no_antialias else ''}: layers 0..{n_layers - 1}); the "
                           f"official choice is 0,4,8,12,16")
     if cfg.qs_mode == "local" and cfg.local_layout == "official" and cfg.batch_size == 1:
@@ -317,17 +318,9 @@ def check_against_network(cfg: Config, state: TrainState) -> None:
                 f"local_layout=corrected (the fixed layout, any num_patches)")
 
 
-def _check_finite(metrics: dict, step: int) -> None:
-    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-    if bad:
-        raise NonFinite(f"non-finite losses ({', '.join(bad)}) at step {step}: training stopped before saving, "
-                        f"nothing was exported; the latest checkpoint is the last good state. Lower lr or check the "
-                        f"data, and start a new run (name=...)")
-
-
 def assert_finite(state: TrainState, running: dict, run: Run) -> None:
-    """Before each save and the export: the losses summed since the last readout and every weight.
-    A few host syncs per checkpoint; the steps in between never sync for this."""
+    """At each loss readout, before each save and before the export: the losses summed since the last
+    readout and every weight. A few host syncs each time; the steps in between never sync for this."""
     losses = [k for k, v in running.items() if not bool(torch.isfinite(v).all())]
     nets = []
     for name, module in state.modules().items():

@@ -309,7 +309,7 @@ def test_nce_layers_and_the_official_local_rule_are_checked_against_the_network(
     from qsattn import train as training
 
     monkeypatch.setattr(training, "train_step", lambda *a: pytest.fail("a step ran before the check"))
-    with pytest.raises(ConfigError, match=r"nce_layers: 99 not a layer of this generator \(netG=resnet_9blocks: layers 0\.\.31\)"):
+    with pytest.raises(ConfigError, match=r"nce_layers: 99 is not a layer of this generator \(netG=resnet_9blocks: layers 0\.\.31\)"):
         training.train(tiny(data_root, tmp_path, method="cut", nce_layers="0,4,99"), progress=False)
     # TINY: ngf=8, so the QS layers 12 and 16 have 4 * 8 = 32 channels
     with pytest.raises(ConfigError, match=r"num_patches=16: the official local layout .* needs num_patches equal to the "
