@@ -154,8 +154,9 @@ def _unmatched(rule_index: int, match: dict, seen: list[dict], where: str) -> Gr
         if show(value) not in taken:
             close = difflib.get_close_matches(show(value), sorted(taken), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
+            values = ", ".join(v or "''" for v in sorted(taken))
             return GridError(f"{where}: cells[{rule_index}].match: no cell has {key}={show(value)}, so its 'set' "
-                             f"would apply nowhere.{hint} Values of {key} in this grid: {', '.join(sorted(taken))}")
+                             f"would apply nowhere.{hint} Values of {key} in this grid: {values}")
     return GridError(f"{where}: cells[{rule_index}].match {match} matches no cell: no cell has all these values at once")
 
 
