@@ -322,7 +322,8 @@ class UnalignedDataset(torch.utils.data.Dataset):
             else:
                 bad.append((path, error))
         if bad and not self.skip_bad_images:
-            listing = "; ".join(f"{p}: {e}" for p, e in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+            listing = "; ".join(f"{p}: {e}" for p, e in bad[:3])
+            listing += f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise DataError(f"{len(bad)} unusable image(s) in {folder}: {listing}. "
                             f"Delete or replace them, or set skip_bad_images=true to skip them.")
         for path, error in bad:

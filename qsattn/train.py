@@ -274,7 +274,8 @@ def remove_stale_temporaries(run: Run) -> None:
     ours = (run.config.name, run.done.name, run.mlflow_run_id.name, *(f"latest_net_{n}.pth" for n in "GDF"))
     removed = remove_temporaries(run.checkpoints) + remove_temporaries(run.dir, ours)
     if removed:
-        log.info("removed %d temporary file(s) of interrupted saves: %s", len(removed), ", ".join(p.name for p in removed))
+        log.info("removed %d temporary file(s) of interrupted saves: %s", len(removed),
+                 ", ".join(p.name for p in removed))
 
 
 def finished_with_same_caps(cfg: Config, run: Run) -> bool:
@@ -303,8 +304,8 @@ def check_against_network(cfg: Config, state: TrainState) -> None:
     n_layers = len(state.G.model)
     bad = [i for i in cfg.nce_layers if i >= n_layers]
     if bad:
-        raise ConfigError(f"nce_layers: {','.join(map(str, bad))} {'is not a layer' if len(bad) == 1 else 'are not layers'}"
-                          f" of this generator (netG={cfg.netG}"
+        which = f"{','.join(map(str, bad))} {'is not a layer' if len(bad) == 1 else 'are not layers'}"
+        raise ConfigError(f"nce_layers: {which} of this generator (netG={cfg.netG}"
                           f"{', no_antialias' if cfg.no_antialias else ''}: layers 0..{n_layers - 1}); the "
                           f"official choice is 0,4,8,12,16")
     if cfg.qs_mode == "local" and cfg.local_layout == "official" and cfg.batch_size == 1:

@@ -33,7 +33,8 @@ def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dic
     try:
         G = generator_from_state_dict(state).to(device)
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: its weights do not fit a ResNet generator ({str(exc).splitlines()[0]})") from exc
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: its weights do not fit a ResNet generator ({first})") from exc
     return G.eval(), info
 
 

@@ -119,7 +119,8 @@ MATCH_KEYS = ("ablation",)  # besides the config keys
 def _match_rules(cell_rules: Any, where: str) -> list[tuple[dict, dict]]:
     """`cells` entries as (match, set), every match key a config key (or `ablation`), each value typed as
     that key: a typo is an error with the closest key, never a rule that silently applies nowhere."""
-    if not isinstance(cell_rules, list) or any(not isinstance(r, dict) or set(r) - {"match", "set"} for r in cell_rules):
+    if not isinstance(cell_rules, list) or any(not isinstance(r, dict) or set(r) - {"match", "set"}
+                                                for r in cell_rules):
         raise GridError(f"{where}: 'cells' is a list of {{match: {{...}}, set: {{...}}}} entries")
     rules = []
     for i, rule in enumerate(cell_rules):
@@ -230,7 +231,7 @@ def expand(grid_yaml: str | Path, grid: dict | None = None) -> list[Cell]:
     cells: list[Cell] = []
     seen: dict[str, str] = {}
     matched = [0] * len(cell_rules)
-    compared: list[dict] = []  # each cell's typed values as the rules saw them (for the error of a rule that matched none)
+    compared: list[dict] = []  # each cell's typed values as the rules saw them (for a rule that matched none)
     for label, ab_values, method, dataset, seed in specs:
         readable = f"{method}-{dataset}-s{seed}" + (f"-{label}" if label else "")
         values = dict(defaults)
