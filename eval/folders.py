@@ -11,8 +11,10 @@ from pathlib import Path
 
 from cleanfid.utils import EXTENSIONS
 
+from qsattn.errors import UserError
 
-class EvalError(ValueError):
+
+class EvalError(UserError, ValueError):
     """A metric cannot be computed as asked; the message says what to do next."""
 
 

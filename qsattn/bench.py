@@ -152,8 +152,8 @@ def run_case(case: dict) -> dict:
         from qsattn.model import create_state, train_step
 
         # num_patches = the QS layers' channel count (4·ngf, 256 at the default): official local needs it
-        cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "num_patches": 4 * case["ngf"],
-                       "qs_impl": impl if impl != "-" else "naive"})
+        cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
+                       "num_patches": 4 * case["ngf"], "qs_impl": impl if impl != "-" else "naive"})
         state = create_state(cfg, device)
         A = torch.rand(1, 3, size, size, device=device) * 2 - 1
         B = torch.rand(1, 3, size, size, device=device) * 2 - 1
@@ -205,8 +205,8 @@ def _our_step(case: dict, device):
     from qsattn.train import to_device
 
     size = case["size"]
-    cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "num_patches": 4 * case["ngf"],
-                   "device": str(device), **case.get("overrides", {})})
+    cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
+                   "num_patches": 4 * case["ngf"], "device": str(device), **case.get("overrides", {})})
     configure_backends(cfg, device)
     torch.manual_seed(0)
     state = create_state(cfg, device)

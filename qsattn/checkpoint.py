@@ -7,23 +7,41 @@ the previous checkpoint intact. Everything is loaded with `weights_only=True`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from qsattn.atomic import replacing
 from qsattn.config import RESUMABLE_KEYS
+from qsattn.errors import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint or weights file that cannot be used as asked; the message says what it holds."""
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    """torch.save through a temporary file (qsattn/atomic.py): removed on any error, a full disk refused
+    up front (the tensors' bytes are a lower bound of the file's size) or reported as DiskFull."""
+    with replacing(path, needed=tensor_bytes(obj), sync=True) as fh:
         torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensor storages in a (nested) checkpoint, each storage once: what torch.save writes."""
+    seen, total, todo = set(), 0, [obj]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return total
 
 
 def rng_states(device: torch.device) -> dict:
@@ -65,8 +83,32 @@ def _plain(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """A checkpoint or weights file (weights_only: a crafted file cannot run code); CheckpointError if the
+    file is not one (a text file, a truncated copy). mmap: tensors are read only when used."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... for non-checkpoints
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_what_it_is(path, exc)}); pass a "
+                              f"checkpoint from runs/NAME/checkpoints/ or an official latest_net_G.pth") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
+    return obj
+
+
+def _what_it_is(path, exc: Exception) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    try:
+        if head and b"\0" not in head:
+            head.decode("utf-8")
+            return "it is a text file"
+    except UnicodeDecodeError:
+        pass
+    first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else ""  # torch's first sentence says it
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def config_mismatches(saved: dict, cfg) -> list[str]:

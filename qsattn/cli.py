@@ -3,6 +3,10 @@
 Each subcommand lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int`.
 Modules are imported only when their subcommand is asked for, so `train` never pays for MLflow's
 import time of `report`, and the GPU machine (torch only) can still run `bench`.
+
+Errors the user can fix (`qsattn.errors.UserError`: ConfigError, DataError, DatasetError, EvalError,
+GridError, RunBusy, ...) are printed here, in one place, as one line, and the exit status is 2;
+`--debug` (anywhere on the command line) shows their traceback instead.
 """
 from __future__ import annotations
 
@@ -35,6 +39,26 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    from qsattn.errors import UserError
+
+    try:
+        return _main(argv)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}  (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line: a listing inside it (several files, several keys) joined by '; '."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

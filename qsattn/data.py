@@ -23,13 +23,20 @@ Deliberate deviations, each for a reason:
   swaps in the model, which also swaps which side is drawn at random).
 - `max_dataset_size` keeps the first N files *after* sorting (official: the first N in directory
   listing order, which depends on the filesystem).
-- Extensions are matched case-insensitively; an image smaller than crop_size is an error that says so
-  (torchvision's RandomCrop raises too, less clearly). The official special case that halves the
-  height for a dataroot containing "gta2cityscapes" is not kept.
+- Extensions are matched case-insensitively. The official special case that halves the height for a
+  dataroot containing "gta2cityscapes" is not kept.
+- 16-bit grayscale images (mode I;16) are scaled to 8 bit by their high byte, as Pillow decodes 16-bit
+  colour PNGs; the official `.convert("RGB")` clips them at 255, i.e. white. 32-bit integer and float
+  images are refused (no fixed range). The benchmarks are 8-bit, where nothing changes.
 - Every file is decoded once when the dataset is built, so a bad file fails at start-up with its name
   instead of hours into training. A full decode, not `Image.verify()`: verify is a no-op for JPEG
-  (most benchmarks) and misses truncated JPEGs. The result is cached in `root/.scan_cache.json`
-  keyed by (path, size, mtime), so later runs only re-check changed files.
+  (most benchmarks) and misses truncated JPEGs. The result (with the image's size) is cached in
+  `root/.scan_cache.json` keyed by (path, size, mtime), so later runs only re-check changed files.
+- Sizes are checked at the same time, against the preprocessing: an image smaller than crop_size
+  with `preprocess=crop` is a bad file (named; skippable with skip_bad_images), and with `same_size`
+  (training with batches or nce_idt) images that would come out at different sizes (`none`,
+  `scale_width`) are one error naming the odd ones. The official code (torchvision's RandomCrop,
+  torch.cat) raises mid-epoch instead, without a file name.
 """
 from __future__ import annotations
 
@@ -43,17 +50,19 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from qsattn.errors import UserError
+
 log = logging.getLogger("qsattn.data")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 SCAN_CACHE_NAME = ".scan_cache.json"
-_SCAN_CACHE_VERSION = 1
+_SCAN_CACHE_VERSION = 2  # 2: with each image's size
 _HOW_TO_GET_DATA = ("Get a benchmark with `python -m qsattn data NAME`, or write the built-in synthetic "
                     "set with `python -m qsattn synthetic --out DIR`.")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the data on disk that the user must fix; the message says how."""
 
 
@@ -108,13 +117,38 @@ def transform_image(img: Image.Image, *, preprocess: str, load_size: int, crop_s
     return TF.normalize(TF.to_tensor(img), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode -> 8-bit RGB: `.convert("RGB")` as the official loader (L, P, RGBA, CMYK, ...), except
+    16-bit grayscale (I;16*), which Pillow's convert clips at 255 (white): it keeps the high byte, v >> 8,
+    the rule by which Pillow itself decodes 16-bit colour PNGs. 32-bit integer and float images have no
+    fixed range to scale from: refused."""
+    if im.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)).convert("RGB")
+    if im.mode in ("I", "F"):
+        kind = "32-bit integer" if im.mode == "I" else "floating-point"
+        raise ValueError(f"{kind} pixels (mode {im.mode}) have no fixed range to scale to 8 bit; "
+                         f"save the image as 8- or 16-bit")
+    return im.convert("RGB")
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Any mode (L, RGBA, P, I;16, ...) -> RGB, as the official loader (`.convert("RGB")`)."""
+    """The image as 8-bit RGB (see `to_rgb`)."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}. Delete or replace it.") from e
+
+
+def planned_size(w: int, h: int, *, preprocess: str, load_size: int, crop_size: int) -> tuple[int, int]:
+    """(W, H) of what `transform_image` makes of a w x h image: the size is never random, only positions."""
+    if preprocess == "resize_and_crop":
+        w, h = load_size, load_size
+    elif preprocess.startswith("scale_width") and not (w == load_size and h >= crop_size):
+        w, h = load_size, int(max(load_size * h / w, crop_size))
+    if preprocess.endswith("crop"):
+        w, h = crop_size, crop_size
+    return int(round(w / 4) * 4), int(round(h / 4) * 4)
 
 
 def load_image_for_test(path: str | os.PathLike, crop_size: int = 256, preprocess: str = "resize_and_crop",
@@ -171,18 +205,20 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     return sorted(paths)
 
 
-def check_image(path: str) -> str | None:
-    """None if the file decodes completely, else the reason. A full decode (see module docstring)."""
+def check_image(path: str) -> tuple[str | None, tuple[int, int]]:
+    """(None, (w, h)) if the file decodes completely and converts to RGB, else (the reason, (0, 0)).
+    A full decode (see module docstring)."""
     try:
         with Image.open(path) as im:
             im.load()
+            to_rgb(im)
+            return None, im.size
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    return None
+        return (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__), (0, 0)
 
 
 class _ScanCache:
-    """{relative path: [size, mtime_ns, error or None]} in root/.scan_cache.json; best effort."""
+    """{relative path: [size, mtime_ns, error or None, width, height]} in root/.scan_cache.json; best effort."""
 
     def __init__(self, root: str):
         self.root, self.path, self.entries, self.dirty = root, os.path.join(root, SCAN_CACHE_NAME), {}, False
@@ -194,16 +230,16 @@ class _ScanCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # no cache or an unreadable one: rescan
 
-    def check(self, path: str) -> str | None:
+    def check(self, path: str) -> tuple[str | None, tuple[int, int]]:
         st = os.stat(path)
         key = os.path.relpath(path, self.root).replace(os.sep, "/")
         entry = self.entries.get(key)
-        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
-            return entry[2]
-        error = check_image(path)
-        self.entries[key] = [st.st_size, st.st_mtime_ns, error]
+        if isinstance(entry, list) and len(entry) == 5 and entry[:2] == [st.st_size, st.st_mtime_ns]:
+            return entry[2], (entry[3], entry[4])
+        error, (w, h) = check_image(path)
+        self.entries[key] = [st.st_size, st.st_mtime_ns, error, w, h]
         self.dirty = True
-        return error
+        return error, (w, h)
 
     def save(self) -> None:
         """Atomic (temp file + rename); a read-only dataset folder only costs a rescan next time."""
@@ -234,7 +270,7 @@ class UnalignedDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, phase: str = "train", *, direction: str = "AtoB",
                  preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256,
                  no_flip: bool = False, serial_batches: bool = False, max_dataset_size: int = 0,
-                 skip_bad_images: bool = False, seed: int = 0):
+                 skip_bad_images: bool = False, seed: int = 0, same_size: bool = False):
         if direction not in ("AtoB", "BtoA"):
             raise DataError(f"direction must be 'AtoB' or 'BtoA', got '{direction}'")
         if preprocess not in PREPROCESS_MODES:
@@ -257,11 +293,14 @@ class UnalignedDataset(torch.utils.data.Dataset):
         self.dir_A, self.dir_B = dir_a, dir_b
 
         cache = _ScanCache(self.root)
+        self._sizes: dict[str, tuple[int, int]] = {}
         try:
             self.A_paths = self._scan(dir_a, cache, max_dataset_size)
             self.B_paths = self._scan(dir_b, cache, max_dataset_size)
         finally:
             cache.save()
+        if same_size:
+            self._check_one_size()
 
         self._generator = torch.Generator().manual_seed(seed)
         self._worker_id: int | None = None
@@ -275,16 +314,17 @@ class UnalignedDataset(torch.utils.data.Dataset):
         for path in list_images(folder):
             if cap and len(good) >= cap:
                 break
-            error = cache.check(path)
+            error, size = cache.check(path)
+            error = error or self._size_problem(*size)
             if error is None:
                 good.append(path)
+                self._sizes[path] = size
             else:
                 bad.append((path, error))
         if bad and not self.skip_bad_images:
-            listing = "\n".join(f"  {p}: {e}" for p, e in bad[:10])
-            if len(bad) > 10:
-                listing += f"\n  ... and {len(bad) - 10} more"
-            raise DataError(f"{len(bad)} unreadable image(s) in {folder}:\n{listing}\n"
+            listing = "; ".join(f"{p}: {e}" for p, e in bad[:3])
+            listing += f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise DataError(f"{len(bad)} unusable image(s) in {folder}: {listing}. "
                             f"Delete or replace them, or set skip_bad_images=true to skip them.")
         for path, error in bad:
             log.warning("skipping unreadable image %s (%s)", path, error)
@@ -293,6 +333,38 @@ class UnalignedDataset(torch.utils.data.Dataset):
             raise DataError(f"domain folder {folder} contains no readable images (extensions: "
                             f"{' '.join(IMG_EXTENSIONS)}, any case). {_HOW_TO_GET_DATA}")
         return good
+
+    def _size_problem(self, w: int, h: int) -> str | None:
+        """Why a readable w x h image cannot go through this preprocessing (None: it can)."""
+        if self.preprocess == "crop" and (w < self.crop_size or h < self.crop_size):
+            return (f"{w}x{h} px is smaller than crop_size={self.crop_size} (preprocess=crop does not resize); "
+                    f"lower crop_size or use preprocess=resize_and_crop")
+        if any(0 in self._planned(w, h, s) for s in (self.load_size, self.crop_size)):
+            return f"{w}x{h} px is too small (a side rounds to 0 at a multiple of 4)"
+        return None
+
+    def _planned(self, w: int, h: int, load_size: int) -> tuple[int, int]:
+        return planned_size(w, h, preprocess=self.preprocess, load_size=load_size, crop_size=self.crop_size)
+
+    def _check_one_size(self) -> None:
+        """Batches (and nce_idt's G(cat[A, B])) need every image at one size; preprocess=none and
+        scale_width keep the image's own proportions, so mixed sizes would stop training mid-epoch.
+        Checked at load_size and at crop_size, which the lr-decay epochs load at (set_epoch)."""
+        for load_size in dict.fromkeys((self.load_size, self.crop_size)):
+            by_size: dict[tuple[int, int], list[str]] = {}
+            for path, (w, h) in self._sizes.items():
+                by_size.setdefault(self._planned(w, h, load_size), []).append(path)
+            if len(by_size) <= 1:
+                continue
+            ranked = sorted(by_size.items(), key=lambda kv: -len(kv[1]))
+            (w0, h0), common = ranked[0]
+            odd = "; ".join(f"{w}x{h}: {len(ps)} ({', '.join(os.path.relpath(p, self.root) for p in ps[:3])}"
+                            f"{', ...' if len(ps) > 3 else ''})" for (w, h), ps in ranked[1:4])
+            when = "" if load_size == self.load_size else f" in the lr-decay epochs (loaded at crop_size={load_size})"
+            raise DataError(f"{self.root}: preprocess={self.preprocess} keeps each image's proportions, but training "
+                            f"needs one size (batches, and nce_idt's G(A, B) in one call){when}: {len(common)} "
+                            f"images come out {w0}x{h0}, others {odd}{'; ...' if len(ranked) > 4 else ''}. Resize "
+                            f"the odd ones, or use preprocess=resize_and_crop (or crop, scale_width_and_crop)")
 
     def __len__(self) -> int:
         return max(len(self.A_paths), len(self.B_paths))

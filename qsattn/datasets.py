@@ -36,12 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from qsattn.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MARKER = ".prepared.json"
 MIRROR_ENV = "QSATTN_DATA_MIRROR"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """Something the user must fix (missing file, bad checksum, wrong counts); the message says what."""
 
 

@@ -39,16 +39,27 @@ def preset(method: str) -> dict:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("method", nargs="?", help="show the resolved config of this method")
+    parser.add_argument("method", nargs="?", help="show every key of this method's resolved config")
+    parser.add_argument("--json", action="store_true", help="the resolved config as JSON (with a method)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="the reference of every key and method as Markdown (docs/config.md)")
 
 
 def run(args) -> int:
-    from qsattn.config import resolve
+    from qsattn.config import describe_keys, markdown_reference, resolve
 
+    if args.markdown:
+        print(markdown_reference(), end="")
+        return 0
     if args.method:
-        print(resolve({"method": args.method}).dumps())
+        cfg = resolve({"method": args.method})
+        if args.json:
+            print(cfg.dumps())
+            return 0
+        print(f"{args.method}: every key by section (* set by the preset; key=value overrides any of them)\n")
+        print(describe_keys(cfg, marked=frozenset(preset(args.method))), end="")
         return 0
     for name, keys in METHODS.items():
         print(f"{name:32s} {', '.join(f'{k}={v}' for k, v in keys.items())}")
-    print("\n`python -m qsattn methods NAME` prints every key of NAME's resolved config with its value.")
+    print("\n`python -m qsattn methods NAME` lists every key of NAME's resolved config, with its meaning.")
     return 0

@@ -17,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 
+from qsattn.errors import UserError
+
 
 class RunFolder:
     """The paths of one run folder."""
@@ -35,7 +37,7 @@ class RunFolder:
         return self.checkpoints / f"epoch_{epoch:04d}.pt"
 
 
-class RunBusy(RuntimeError):
+class RunBusy(UserError, RuntimeError):
     """Another live process holds the run folder's lock; the message names it."""
 
 

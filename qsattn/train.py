@@ -2,7 +2,10 @@
 
 The run folder (runs/<name>/) holds the resolved config, checkpoints, sample grids, the final weights
 under the official file names, and the MLflow run id. Starting the same run again resumes it from its
-latest checkpoint and continues the same MLflow run; a finished run is not trained again.
+latest checkpoint and continues the same MLflow run; a finished run is not trained again unless a
+larger max_steps / max_images lets it continue. One process at a time trains a run folder (its lock);
+every input is checked before the first step; a non-finite loss or weight stops the run before
+anything is saved over a good checkpoint. docs/reliability.md says what survives what.
 """
 from __future__ import annotations
 
@@ -17,8 +20,11 @@ from pathlib import Path
 import torch
 
 from qsattn import checkpoint as ckpt_io
+from qsattn.atomic import atomic_write_text, remove_temporaries
 from qsattn.config import Config, ConfigError, load
+from qsattn.errors import UserError
 from qsattn.model import TrainState, configure_backends, create_state, end_epoch, generator_forward, train_step
+from qsattn.run_folder import RunFolder, locked
 
 log = logging.getLogger("qsattn.train")
 
@@ -34,12 +40,19 @@ class Stopped(Exception):
     """Training stopped on request after saving its checkpoint; run again to resume."""
 
 
+class NonFinite(UserError, FloatingPointError):
+    """A loss or a weight became inf or NaN: the run stops before it saves or exports anything."""
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); CUDA_VISIBLE_DEVICES renumbers them")
     return device
 
 
@@ -65,7 +78,8 @@ def make_dataset(cfg: Config, phase: str = "train"):
     return UnalignedDataset(
         Path(cfg.data_root) / cfg.dataset, phase, direction=cfg.direction, preprocess=cfg.preprocess,
         load_size=cfg.load_size, crop_size=cfg.crop_size, no_flip=cfg.no_flip, serial_batches=cfg.serial_batches,
-        max_dataset_size=cfg.max_dataset_size, skip_bad_images=cfg.skip_bad_images, seed=cfg.seed)
+        max_dataset_size=cfg.max_dataset_size, skip_bad_images=cfg.skip_bad_images, seed=cfg.seed,
+        same_size=cfg.batch_size > 1 or cfg.nce_idt)  # torch.stack / G(cat[A, B]) need one size
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -103,26 +117,26 @@ def sample_grid(state: TrainState, real_A, real_B, path: Path) -> None:
     save_image((grid + 1) / 2, path, nrow=len(tiles))
 
 
-class Run:
-    """Paths of one run folder."""
+class Run(RunFolder):
+    """The run folder of a config: <run_root>/<name>/ (paths in qsattn/run_folder.py)."""
 
     def __init__(self, cfg: Config):
-        self.dir = Path(cfg.run_root) / cfg.run_name()
-        self.latest = self.dir / "checkpoints" / "latest.pt"
-        self.done = self.dir / DONE_FILE
-
-    def epoch_checkpoint(self, epoch: int) -> Path:
-        return self.dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
+        super().__init__(Path(cfg.run_root) / cfg.run_name())
 
 
 def train(cfg: Config, progress: bool = True) -> Path:
-    """Train (or resume) the run described by cfg; returns its run folder."""
+    """Train (or resume) the run described by cfg; returns its run folder. The run folder's lock is held
+    throughout: a second process on the same folder stops at once with RunBusy, naming the holder."""
     run = Run(cfg)
-    if run.done.exists():
-        log.info("%s is already finished (%s exists); nothing to do.", run.dir, run.done)
+    with locked(run.dir):
+        return _train_locked(cfg, run, progress)
+
+
+def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
+    remove_stale_temporaries(run)
+    if run.done.exists() and finished_with_same_caps(cfg, run):
+        log.info("%s is already finished (%s); nothing to do.", run.dir, run.done.read_text().strip())
         return run.dir
-    run.dir.mkdir(parents=True, exist_ok=True)
-    (run.dir / "config.yaml").write_text(_yaml(cfg))
 
     device = pick_device(cfg.device)
     if cfg.num_threads:
@@ -131,17 +145,32 @@ def train(cfg: Config, progress: bool = True) -> Path:
     configure_backends(cfg, device)
     dataset = make_dataset(cfg)
     state = create_state(cfg, device)
+    check_against_network(cfg, state)
     position = 0
     if run.latest.exists():
         saved = ckpt_io.load(run.latest)
         bad = ckpt_io.config_mismatches(saved["config"], cfg)
         if bad:
-            raise ConfigError(f"{run.latest} was written with another config; mismatched keys:\n  " + "\n  ".join(bad)
-                              + "\nUse a new run name, or the same config to resume.")
+            raise ConfigError(f"{run.latest} was written with another config; mismatched keys: " + "; ".join(bad)
+                              + ". Use a new run name (name=...), or the same config to resume.")
         ckpt_io.restore(state, saved)
         dataset.set_rng_state(saved["data_rng"])
         position = saved["position"]
         log.info("resumed %s at epoch %d, step %d", run.dir, state.epoch, state.step)
+
+    n_batches = len(dataset) // cfg.batch_size  # drop_last, as the official training loader
+    if n_batches == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({len(dataset)} images)")
+    max_steps = _step_cap(cfg, n_batches)
+    if run.done.exists():  # finished, rerun with another cap
+        if state.step >= max_steps:
+            log.info("%s finished at step %d; the caps now allow %d steps: nothing to do.", run.dir, state.step,
+                     max_steps)
+            return run.dir
+        log.info("%s finished at step %d; continuing to step %d (a larger cap)", run.dir, state.step, max_steps)
+        run.done.unlink()
+    atomic_write_text(run.config, _yaml(cfg))  # only now: a refused resume leaves the run's own config
+    log.info("config:\n%s", cfg.dumps())
 
     from qsattn.tracking import git_commit, open_tracker
 
@@ -150,16 +179,15 @@ def train(cfg: Config, progress: bool = True) -> Path:
     tracker = open_tracker(cfg, run.dir, tags)
     if state.step == 0:
         tracker.log_params(cfg.to_dict())
-        tracker.log_artifact(run.dir / "config.yaml")
-
-    n_batches = len(dataset) // cfg.batch_size  # drop_last, as the official training loader
-    if n_batches == 0:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({len(dataset)} images)")
-    max_steps = _step_cap(cfg, n_batches)
-    log.info("config:\n%s", cfg.dumps())
+        tracker.log_artifact(run.config)
 
     def save(pos: int, path: Path = run.latest) -> None:
+        assert_finite(state, running, run)  # a NaN never replaces a good checkpoint
         ckpt_io.atomic_save(ckpt_io.state_to_dict(state, pos, dataset.get_rng_state()), path)
+
+    def save_epoch_checkpoint(epoch: int) -> None:
+        assert_finite(state, running, run)
+        ckpt_io.atomic_save(epoch_checkpoint(state, position, dataset.get_rng_state()), run.epoch_checkpoint(epoch))
 
     bar = _progress(progress, max_steps, state.step, run.dir.name)
     running: dict[str, torch.Tensor] = {}
@@ -185,7 +213,7 @@ def train(cfg: Config, progress: bool = True) -> Path:
                     metrics = {k: (v / (state.step - step_last)).item() for k, v in running.items()}
                     metrics["images_per_s"] = (state.step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
                     metrics["lr"] = state.opt_G.param_groups[0]["lr"]
-                    _check_finite(metrics, state.step)
+                    assert_finite(state, running, run)
                     tracker.log_metrics(metrics, state.step)
                     bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("G", "NCE", "D", "images_per_s") if k in metrics})
                     running, t_last, step_last = {}, now, state.step
@@ -199,16 +227,17 @@ def train(cfg: Config, progress: bool = True) -> Path:
             if position >= n_batches:  # the epoch is complete
                 end_epoch(state)
                 position = 0
-                save(position)
+                # the kept epoch checkpoint first: once latest.pt is past the epoch, nothing writes it again
                 if cfg.keep_epoch_checkpoints and (state.epoch - 1) % cfg.keep_epoch_checkpoints == 0:
-                    save(position, run.epoch_checkpoint(state.epoch - 1))
-        save(position)
+                    save_epoch_checkpoint(state.epoch - 1)
+                save(position)
+        save(position)  # checks the weights are finite before the export
         ckpt_io.export_official(state, run.dir)
         if state.step > 0:
             real_A, real_B = collate([dataset[i] for i in range(min(4, len(dataset)))])
             sample_grid(state, real_A.to(device), real_B.to(device), run.dir / "samples" / "final.png")
             tracker.log_artifact(run.dir / "samples" / "final.png", "samples")
-        run.done.write_text(f"step {state.step}\n")
+        atomic_write_text(run.done, f"step {state.step}\n")
         status = "FINISHED"
     except (KeyboardInterrupt, Stopped):
         status = "STOPPED"
@@ -233,10 +262,78 @@ def _step_cap(cfg: Config, n_batches: int) -> int:
     return cap
 
 
-def _check_finite(metrics: dict, step: int) -> None:
-    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+def epoch_checkpoint(state: TrainState, position: int, data_rng) -> dict:
+    """What a kept epoch checkpoint holds (what best-vs-last evaluation reads). When it is written, relative
+    to latest.pt, is the loop's business (train): this says only what is in it."""
+    return ckpt_io.state_to_dict(state, position, data_rng)
+
+
+def remove_stale_temporaries(run: Run) -> None:
+    """Temporary files of saves a kill interrupted (a SIGKILL cannot clean up): safe to remove, as the
+    caller holds the run folder's lock, so no other process is writing these files."""
+    ours = (run.config.name, run.done.name, run.mlflow_run_id.name, *(f"latest_net_{n}.pth" for n in "GDF"))
+    removed = remove_temporaries(run.checkpoints) + remove_temporaries(run.dir, ours)
+    if removed:
+        log.info("removed %d temporary file(s) of interrupted saves: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+
+
+def finished_with_same_caps(cfg: Config, run: Run) -> bool:
+    """A finished run rerun: refused (ConfigError) with another config, as a resume would be; True when
+    its step caps are unchanged (nothing to do). With other caps the caller compares the new cap with
+    the step it finished at."""
+    if run.latest.exists():
+        saved = ckpt_io.load(run.latest, mmap=True)["config"]  # mmap: the config without reading the tensors
+    else:
+        import yaml
+
+        saved = yaml.safe_load(run.config.read_text()) if run.config.exists() else {}
+    if not saved:
+        raise UserError(f"{run.done} says the run finished, but neither {run.latest} nor {run.config} is there; "
+                        f"delete {run.done} to train the run again")
+    bad = ckpt_io.config_mismatches(saved, cfg)
     if bad:
-        raise FloatingPointError(f"non-finite losses {bad} at step {step}; the last checkpoint is the last good state")
+        raise ConfigError(f"{run.dir} is finished ({run.done.read_text().strip()}) with another config; mismatched "
+                          f"keys: {'; '.join(bad)}. Use a new run name (name=...), or the same config.")
+    return all(saved.get(k) == getattr(cfg, k) for k in ("max_steps", "max_images"))
+
+
+def check_against_network(cfg: Config, state: TrainState) -> None:
+    """What only the built networks can check, before the first step: layer indices and the official
+    local layout's num_patches rule (whose `view` otherwise fails inside the first step)."""
+    n_layers = len(state.G.model)
+    bad = [i for i in cfg.nce_layers if i >= n_layers]
+    if bad:
+        which = f"{','.join(map(str, bad))} {'is not a layer' if len(bad) == 1 else 'are not layers'}"
+        raise ConfigError(f"nce_layers: {which} of this generator (netG={cfg.netG}"
+                          f"{', no_antialias' if cfg.no_antialias else ''}: layers 0..{n_layers - 1}); the "
+                          f"official choice is 0,4,8,12,16")
+    if cfg.qs_mode == "local" and cfg.local_layout == "official" and cfg.batch_size == 1:
+        channels = sorted({state.F.channels[i] for i in cfg.qs_layers})
+        if channels != [cfg.num_patches]:
+            fix = f"set num_patches={channels[0]}, or" if len(channels) == 1 else "no single num_patches fits; use"
+            raise ConfigError(
+                f"num_patches={cfg.num_patches}: the official local layout (qs_mode=local, local_layout=official) "
+                f"needs num_patches equal to the channel count of the QS layers ({' and '.join(map(str, channels))}"
+                f" here, layers {','.join(str(cfg.nce_layers[i]) for i in sorted(set(cfg.qs_layers)))}); {fix} "
+                f"local_layout=corrected (the fixed layout, any num_patches)")
+
+
+def assert_finite(state: TrainState, running: dict, run: Run) -> None:
+    """At each loss readout, before each save and before the export: the losses summed since the last
+    readout and every weight. A few host syncs each time; the steps in between never sync for this."""
+    losses = [k for k, v in running.items() if not bool(torch.isfinite(v).all())]
+    nets = []
+    for name, module in state.modules().items():
+        tensors = [t for t in module.state_dict().values() if t.is_floating_point()]
+        if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+            nets.append(name)
+    if losses or nets:
+        what = " and ".join(f"{kind} ({', '.join(names)})" for kind, names in (("losses", losses), ("weights", nets))
+                            if names)
+        last = f"{run.latest} is the last good state" if run.latest.exists() else "no checkpoint was written"
+        raise NonFinite(f"non-finite {what} at step {state.step}: training stopped before saving, nothing was "
+                        f"exported; {last}. Lower lr or check the data, and start a new run (name=...)")
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str):
@@ -253,6 +350,11 @@ def _yaml(cfg: Config) -> str:
 
 
 def add_arguments(parser) -> None:
+    from qsattn.config import describe_keys
+
+    parser.epilog = ("config keys by section (key=default  meaning), set in the --config file or as key=value;\n"
+                     "a method's values: `python -m qsattn methods NAME`; the reference: docs/config.md\n\n"
+                     + describe_keys())
     parser.add_argument("--config", help="YAML file of config keys (see `python -m qsattn methods NAME`)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config keys overriding the file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")

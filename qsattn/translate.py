@@ -17,14 +17,35 @@ from qsattn.networks import generator_from_state_dict
 
 
 def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """-> (G in eval mode, info). Our checkpoints carry their config; official files only weights."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """-> (G in eval mode, info). Our checkpoints carry their config; official files only weights.
+    A file that holds no generator (a D or F file, a text file) is one CheckpointError saying what it is."""
+    from qsattn.checkpoint import CheckpointError, load
+
+    state = load(path)
     info = {"source": str(path)}
     if "net_G" in state:  # one of ours
-        info["config"] = state["config"]
+        info["config"] = state.get("config", {})
         state = state["net_G"]
-    G = generator_from_state_dict(state).to(device)
+    keys = [k.removeprefix("module.") for k in state]
+    if "model.1.weight" not in keys or not any(".conv_block." in k for k in keys):
+        raise CheckpointError(f"{path} holds no generator weights ({_looks_like(keys)}); pass a latest_net_G.pth "
+                              f"or a checkpoint from runs/NAME/checkpoints/")
+    try:
+        G = generator_from_state_dict(state).to(device)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: its weights do not fit a ResNet generator ({first})") from exc
     return G.eval(), info
+
+
+def _looks_like(keys: list[str]) -> str:
+    if any(k.startswith("mlp_") for k in keys):
+        return "it looks like the patch sampler F, a latest_net_F.pth"
+    if any(k.startswith("net_") for k in keys):
+        return f"a checkpoint with {', '.join(k for k in keys if k.startswith('net_'))} but no net_G"
+    if keys and all(k.startswith("model.") for k in keys):
+        return "it looks like the discriminator D, a latest_net_D.pth"
+    return f"keys: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}" if keys else "it is empty"
 
 
 @torch.no_grad()
@@ -48,13 +69,18 @@ def translate_folder(G: torch.nn.Module, input_dir: str | Path, output_dir: str 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    for stale in out.glob(".*.tmp.png"):  # left by a killed translation: hidden, but image readers see them
+        stale.unlink(missing_ok=True)
     for path in tqdm(inputs, desc=f"translate {Path(input_dir).name}", unit="img", disable=not progress):
         target = out / f"{Path(path).stem}.png"
         if not target.exists():
             x = load_image_for_test(path, crop_size, preprocess).unsqueeze(0).to(device)
             tmp = target.with_name(f".{target.name}.tmp.png")
-            save_image(G(x)[0].cpu(), tmp)
-            os.replace(tmp, target)
+            try:
+                save_image(G(x)[0].cpu(), tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
         written.append(target)
     return written
 

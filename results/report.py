@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qsattn.errors import UserError
+
 HERE = Path(__file__).resolve().parent
 PAPER_CSV = HERE / "paper_numbers.csv"
 DEFAULT_OUT = HERE / "out"
@@ -61,7 +63,7 @@ RUN_COLUMNS = ["sweep", "cell", "variant", "method", "dataset", "seed", "status"
                "run_dir", "git_commit", "fid_mode", "drn_arch", "start_time"]
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """A problem the user can fix (wrong experiment name, no store); the message says how."""
 
 

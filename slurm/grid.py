@@ -8,8 +8,8 @@ A grid file (see experiments/table1.yaml)::
     datasets: [horse2zebra]      # or a mapping  dataset -> {key: value} (per-dataset overrides)
     seeds: [0, 1, 2]
     cells:                       # optional per-cell overrides, applied where every `match` key is equal
-      - match: {method: fastcut, dataset: cityscapes}
-        set: {n_epochs: 100}
+      - match: {method: fastcut, dataset: cityscapes}   # config keys (or `ablation`), compared as typed
+        set: {n_epochs: 100}     # values; a key or value that matches no cell is an error
     ablations:                   # optional named variants, each its own cells
       num-patches:
         methods: [qsattn-global] # default: the grid's methods; `datasets`, `seeds` likewise
@@ -29,6 +29,7 @@ can change a trained model gives a new id and a new run folder.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -36,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsattn.config import NOT_IN_CELL_ID, Config, ConfigError, resolve
+from qsattn.config import FIELDS, NOT_IN_CELL_ID, Config, ConfigError, apply, coerce, resolve, show
+from qsattn.methods import preset
 
 GRID_KEYS = {"name", "defaults", "methods", "datasets", "seeds", "cells", "ablations", "include_base",
              "description"}
@@ -102,10 +104,61 @@ def _seeds(value: Any, where: str) -> list[int]:
     if value is None:
         return [0]
     items = value if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise GridError(f"{where}: 'seeds: []' lists no seed, so the grid has no cells; list at least one "
+                        f"(e.g. seeds: [0]) or leave the key out (seed 0)")
     try:
         return [int(s) for s in items]
     except (TypeError, ValueError):
         raise GridError(f"{where}: seeds must be integers, got {value!r}") from None
+
+
+MATCH_KEYS = ("ablation",)  # besides the config keys
+
+
+def _match_rules(cell_rules: Any, where: str) -> list[tuple[dict, dict]]:
+    """`cells` entries as (match, set), every match key a config key (or `ablation`), each value typed as
+    that key: a typo is an error with the closest key, never a rule that silently applies nowhere."""
+    if not isinstance(cell_rules, list) or any(not isinstance(r, dict) or set(r) - {"match", "set"}
+                                                for r in cell_rules):
+        raise GridError(f"{where}: 'cells' is a list of {{match: {{...}}, set: {{...}}}} entries")
+    rules = []
+    for i, rule in enumerate(cell_rules):
+        match, values = rule.get("match") or {}, rule.get("set") or {}
+        if not isinstance(match, dict) or not match or not isinstance(values, dict):
+            raise GridError(f"{where}: cells[{i}]: 'match' is a non-empty mapping of config keys, 'set' a mapping")
+        typed = {}
+        for key, value in match.items():
+            if key not in FIELDS and key not in MATCH_KEYS:
+                close = difflib.get_close_matches(str(key), [*FIELDS, *MATCH_KEYS], n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise GridError(f"{where}: cells[{i}].match: unknown key '{key}'.{hint} Match on config keys "
+                                f"(`python -m qsattn methods NAME`) or 'ablation'")
+            typed[key] = _typed(key, value, f"{where}: cells[{i}].match")
+        rules.append((typed, values))
+    return rules
+
+
+def _typed(key: str, value: Any, where: str) -> Any:
+    if key in MATCH_KEYS:
+        return str(value)
+    try:
+        return coerce(key, value)
+    except ConfigError as exc:
+        raise GridError(f"{where}: {exc}") from None
+
+
+def _unmatched(rule_index: int, match: dict, seen: list[dict], where: str) -> GridError:
+    """Why a `cells` rule matched no cell: the value no cell has (with the closest that some cell has)."""
+    for key, value in match.items():
+        taken = {show(c[key]) for c in seen if key in c}
+        if show(value) not in taken:
+            close = difflib.get_close_matches(show(value), sorted(taken), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            values = ", ".join(v or "''" for v in sorted(taken))
+            return GridError(f"{where}: cells[{rule_index}].match: no cell has {key}={show(value)}, so its 'set' "
+                             f"would apply nowhere.{hint} Values of {key} in this grid: {values}")
+    return GridError(f"{where}: cells[{rule_index}].match {match} matches no cell: no cell has all these values at once")
 
 
 def _fmt(value: Any) -> str:
@@ -142,9 +195,7 @@ def expand(grid_yaml: str | Path, grid: dict | None = None) -> list[Cell]:
     if not datasets:
         raise GridError(f"{where}: no datasets; list at least one (e.g. datasets: [synthetic])")
     seeds = _seeds(data.get("seeds"), where)
-    cell_rules = data.get("cells") or []
-    if not isinstance(cell_rules, list) or any(not isinstance(r, dict) or set(r) - {"match", "set"} for r in cell_rules):
-        raise GridError(f"{where}: 'cells' is a list of {{match: {{...}}, set: {{...}}}} entries")
+    cell_rules = _match_rules(data.get("cells") or [], where)
     ablations = data.get("ablations") or {}
     if not isinstance(ablations, dict):
         raise GridError(f"{where}: 'ablations' maps a name to {{methods, datasets, seeds, set, vary}}")
@@ -175,8 +226,12 @@ def expand(grid_yaml: str | Path, grid: dict | None = None) -> list[Cell]:
             label = ab_name + (f"-{variant}" if variant else "")
             specs += [(label, values, m, d, s) for m in ab_methods for d in ab_datasets for s in ab_seeds]
 
+    if not specs:
+        raise GridError(f"{where}: the grid has no cells (include_base: false and no ablations)")
     cells: list[Cell] = []
     seen: dict[str, str] = {}
+    matched = [0] * len(cell_rules)
+    compared: list[dict] = []  # each cell's typed values as the rules saw them (for a rule that matched none)
     for label, ab_values, method, dataset, seed in specs:
         readable = f"{method}-{dataset}-s{seed}" + (f"-{label}" if label else "")
         values = dict(defaults)
@@ -184,11 +239,12 @@ def expand(grid_yaml: str | Path, grid: dict | None = None) -> list[Cell]:
         values.update(methods.get(method, {}))
         values.update(ab_values)
         values.update(method=method, dataset=dataset, seed=seed)
-        for rule in cell_rules:
-            match = rule.get("match") or {}
-            current = dict(values, ablation=label)
-            if all(str(current.get(k)) == str(v) for k, v in match.items()):
-                values.update(rule.get("set") or {})
+        for i, (match, updates) in enumerate(cell_rules):
+            current = _as_compared(values, label, method, match)
+            compared.append(current)
+            if all(current.get(k) == v for k, v in match.items()):
+                values.update(updates)
+                matched[i] += 1
         if "name" in values:
             raise GridError(f"{where}: cell {readable}: 'name' is set by the grid; remove it")
         try:
@@ -203,7 +259,28 @@ def expand(grid_yaml: str | Path, grid: dict | None = None) -> list[Cell]:
         cfg = dataclasses.replace(cfg, name=f"{readable}-{cid[:8]}")
         cells.append(Cell(id=cid, name=readable, method=method, dataset=dataset, seed=seed, ablation=label,
                           config=cfg, overrides=values))
+    for i, (match, _) in enumerate(cell_rules):
+        if not matched[i]:
+            raise _unmatched(i, match, compared, where)
     return cells
+
+
+def _as_compared(values: dict, ablation: str, method: str, match: dict) -> dict:
+    """The match keys' values of a cell so far, typed: the grid's values over the method's preset and the
+    defaults (so `match: {netG: resnet_9blocks}` matches a cell that never names netG)."""
+    try:
+        base = apply(Config(), preset(method)).to_dict()
+    except ConfigError:
+        base = {}  # an unknown method: resolve() reports it below
+    out = {"ablation": ablation}
+    for key in match:
+        if key in FIELDS:
+            raw = values.get(key, base.get(key))
+            try:
+                out[key] = coerce(key, raw)
+            except ConfigError:
+                out[key] = raw  # a bad value: resolve() reports it below
+    return out
 
 
 def select(cells: list[Cell], only: list[str] | None) -> list[Cell]:

@@ -1,8 +1,12 @@
 """The config's field metadata: every key documented, its range and choices enforced, its role deciding
 the sweep cell id and what may change on resume."""
+from pathlib import Path
+
 import pytest
 
-from qsattn.config import FIELDS, NOT_IN_CELL_ID, RESUMABLE_KEYS, ROLES, Config, ConfigError, resolve
+from qsattn.config import FIELDS, NOT_IN_CELL_ID, RESUMABLE_KEYS, ROLES, Config, ConfigError, markdown_reference, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_key_has_a_meaning_a_section_and_a_role():
@@ -27,6 +31,14 @@ def test_defaults_satisfy_their_own_metadata():
     ("nce_T", "nan", "nce_T: must be a finite number"),
     ("qs_mode", "globl", "Did you mean 'global'"),
     ("nce_layers", "0,-4", "nce_layers: expected non-negative"),
+    ("nce_layers", "0,16,12", r"nce_layers: expected increasing layer indices without repeats, got \[0, 16, 12\]; use 0,12,16"),
+    ("nce_layers", "0,4,4", "nce_layers: expected increasing"),
+    ("device", "gpu", r"device: 'gpu' is not auto, cpu, cuda or cuda:N .* Did you mean 'cuda:0'"),
+    ("device", "cuda0", "device: 'cuda0' is not"),
+    ("device", "cpu:x", "device: 'cpu:x' is not"),
+    ("load_size", "200", "load_size=200 is smaller than crop_size=256: preprocess=resize_and_crop resizes"),
+    ("max_images", "1.5", "max_images: expected int, got '1.5'"),
+    ("deterministic", "maybe", r"deterministic: expected a boolean \(true/false\), got 'maybe'"),
 ])
 def test_out_of_range_values_are_one_clear_error(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -43,3 +55,17 @@ def test_roles_decide_the_cell_id_and_resume_key_sets():
     assert {"fid_mode", "drn_arch", "eval_metrics", "inception_weights", "drn_weights"} <= NOT_IN_CELL_ID
     # the speed options that keep the maths are runtime keys
     assert {"adam_impl", "compile", "cudnn_benchmark", "pin_memory"} <= NOT_IN_CELL_ID
+
+
+def test_valid_devices_pass():
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:7"):
+        assert resolve({"device": device}).device == device
+
+
+def test_docs_config_md_is_the_generated_reference():
+    """docs/config.md comes from the field metadata; after adding or changing a key, regenerate it with
+    `python -m qsattn methods --markdown > docs/config.md`."""
+    text = markdown_reference()
+    assert (ROOT / "docs" / "config.md").read_text() == text, "docs/config.md is out of date: regenerate it"
+    for name, f in FIELDS.items():
+        assert f"| `{name}` |" in text, name

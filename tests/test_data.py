@@ -310,3 +310,88 @@ def test_dataloader_workers_draw_different_b_images(root):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context="fork")
     b = [batch["B_paths"][0] for batch in loader]
     assert len(b) == 23 and b[0::2][:11] != b[1::2][:11]
+
+
+# --- every image checked against the preprocessing when the dataset is opened -------------------------
+
+def _png16(path, arr: np.ndarray) -> None:
+    """A 16-bit PNG written by hand (zlib + CRC, PNG spec), independently of Pillow's encoder:
+    arr is (H, W) grayscale or (H, W, 3) RGB, uint16."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    colour = 0 if arr.ndim == 2 else 2
+    raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_images_keep_their_tones_as_8_bit(tmp_path):
+    """Expected: the high byte (v >> 8), computed here from the values written, for grayscale as for colour."""
+    values = np.random.default_rng(0).integers(0, 65536, (8, 12), dtype=np.uint16)
+    values[0, :4] = [0, 255, 256, 65535]
+    _png16(tmp_path / "gray.png", values)
+    _png16(tmp_path / "rgb.png", np.stack([values, values[::-1], 65535 - values], -1))
+    gray = np.asarray(data.load_rgb(tmp_path / "gray.png"))
+    assert np.array_equal(gray, np.repeat((values >> 8).astype(np.uint8)[..., None], 3, -1))
+    assert gray.mean() < 200  # not the official clip to white
+    rgb = np.asarray(data.load_rgb(tmp_path / "rgb.png"))
+    assert np.array_equal(rgb, (np.stack([values, values[::-1], 65535 - values], -1) >> 8).astype(np.uint8))
+
+
+def test_32_bit_and_float_images_are_refused_naming_the_file(tmp_path):
+    _write(tmp_path / "trainA", 2)
+    _write(tmp_path / "trainB", 2)
+    Image.fromarray(np.full((30, 40), 70000, np.int32)).save(tmp_path / "trainB" / "depth.tif")
+    with pytest.raises(DataError, match=r"depth\.tif: ValueError: 32-bit integer pixels \(mode I\) have no fixed range"):
+        UnalignedDataset(tmp_path)
+
+
+def test_planned_size_is_the_size_the_transform_makes():
+    for w, h in [(300, 200), (200, 300), (286, 300), (30, 18), (257, 255)]:
+        for preprocess in data.PREPROCESS_MODES:
+            for load, crop in [(286, 256), (256, 256), (64, 32)]:
+                if preprocess.endswith("crop") and preprocess != "resize_and_crop" and min(w, h) < crop:
+                    continue
+                kw = dict(preprocess=preprocess, load_size=load, crop_size=crop)
+                assert data.planned_size(w, h, **kw) == _size(_rgb(w, h), **kw), (w, h, kw)
+
+
+def test_mixed_sizes_without_resizing_are_one_error_at_open_naming_the_odd_files(tmp_path):
+    _write(tmp_path / "trainA", 3, 40, 32)
+    _write(tmp_path / "trainB", 3, 40, 32, start=100)
+    _rgb(64, 48).save(tmp_path / "trainB" / "big.png")
+    with pytest.raises(DataError, match=r"preprocess=none keeps each image's proportions.*6 images come out 40x32, "
+                                        r"others 64x48: 1 \(trainB/big\.png\)"):
+        UnalignedDataset(tmp_path, preprocess="none", same_size=True)
+    assert len(UnalignedDataset(tmp_path, preprocess="none")) == 4  # one image at a time (translate): fine
+    assert len(UnalignedDataset(tmp_path, preprocess="resize_and_crop", same_size=True, crop_size=16, load_size=20)) == 4
+
+
+def test_training_opens_its_dataset_with_the_one_size_rule(tmp_path):
+    from qsattn.config import resolve
+    from qsattn.train import make_dataset
+
+    _write(tmp_path / "d" / "trainA", 2, 40, 32)
+    _write(tmp_path / "d" / "trainB", 2, 36, 32, start=100)
+    cfg = dict(data_root=str(tmp_path), dataset="d", preprocess="none")
+    with pytest.raises(DataError, match="training needs one size"):
+        make_dataset(resolve(cfg))  # nce_idt (the default): G(cat[A, B])
+    assert len(make_dataset(resolve(dict(cfg, method="fastcut")))) == 2  # batch 1, no nce_idt: sizes may differ
+
+
+def test_an_image_smaller_than_crop_size_is_caught_at_open_naming_it(tmp_path):
+    _write(tmp_path / "trainA", 3, 64, 64)
+    _write(tmp_path / "trainB", 3, 64, 64, start=100)
+    small = str(tmp_path / "trainA" / "small.png")
+    _rgb(60, 20).save(small)
+    with pytest.raises(DataError, match=r"small\.png: 60x20 px is smaller than crop_size=32 \(preprocess=crop"):
+        UnalignedDataset(tmp_path, preprocess="crop", crop_size=32)
+    ds = UnalignedDataset(tmp_path, preprocess="crop", crop_size=32, skip_bad_images=True)
+    assert ds.skipped == [small] and len(ds) == 3

@@ -119,3 +119,33 @@ def test_only_selects_cells_by_config_key_name_or_id(tmp_path):
     assert select(cells, [f"id={cells[4].id[:6]}"]) == [cells[4]]
     with pytest.raises(GridError, match="neither a config key"):
         select(cells, ["colour=red"])
+
+
+def test_a_cells_match_typo_is_an_error_with_the_closest_key_or_value(tmp_path):
+    base = {"methods": ["cut", "fastcut"], "datasets": ["synthetic"], "seeds": [0]}
+    with pytest.raises(GridError, match=r"cells\[0\]\.match: unknown key 'methd'\. Did you mean 'method'\?"):
+        expand(write(tmp_path, dict(base, cells=[{"match": {"methd": "fastcut"}, "set": {"ndf": 4}}])))
+    with pytest.raises(GridError, match=r"cells\[1\]\.match: no cell has method=fastcutt, so its 'set' would apply "
+                                        r"nowhere\. Did you mean 'fastcut'\? Values of method in this grid: cut, fastcut"):
+        expand(write(tmp_path, dict(base, cells=[{"match": {"method": "cut"}, "set": {"ndf": 8}},
+                                                 {"match": {"method": "fastcutt"}, "set": {"ndf": 4}}])))
+    with pytest.raises(GridError, match=r"cells\[0\]\.match: seed: expected int, got 'zero'"):
+        expand(write(tmp_path, dict(base, cells=[{"match": {"seed": "zero"}, "set": {"ndf": 4}}])))
+    with pytest.raises(GridError, match="matches no cell: no cell has all these values at once"):
+        expand(write(tmp_path, dict(base, ablations={"x": {"methods": ["fastcut"], "set": {"ndf": 16}}},
+                                    cells=[{"match": {"method": "cut", "ablation": "x"}, "set": {"ndf": 4}}])))
+
+
+def test_cells_match_compares_typed_values_including_defaults(tmp_path):
+    grid = {"methods": ["cut", "fastcut"], "datasets": ["synthetic"], "seeds": [0],
+            "cells": [{"match": {"netG": "resnet_9blocks", "nce_idt": "false"}, "set": {"ndf": 4}},  # fastcut's preset
+                      {"match": {"lr": "2e-4", "method": "cut"}, "set": {"ndf": 8}}]}
+    by_method = {c.method: c.config for c in expand(write(tmp_path, grid))}
+    assert by_method["fastcut"].ndf == 4 and by_method["cut"].ndf == 8
+
+
+def test_an_empty_seed_list_says_what_is_wrong(tmp_path):
+    with pytest.raises(GridError, match=r"'seeds: \[\]' lists no seed"):
+        expand(write(tmp_path, {"methods": ["cut"], "datasets": ["synthetic"], "seeds": []}))
+    with pytest.raises(GridError, match="no cells"):
+        expand(write(tmp_path, {"datasets": ["synthetic"], "include_base": False}))

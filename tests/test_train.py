@@ -1,4 +1,5 @@
 """Training engine: exact resume after SIGKILL, atomic checkpoints, config checks, translation parity, MLflow."""
+import errno
 import io
 import os
 import random
@@ -160,3 +161,224 @@ def test_a_stop_request_saves_at_the_next_step_and_loses_nothing(data_root, tmp_
         training.STOP.clear()
     assert ckpt_io.load(tmp_path / cfg.run_name() / "checkpoints" / "latest.pt")["step"] == 5
     assert not training.RUNNING.is_set()
+
+
+# --- files and state: saves leave nothing behind, in the right order -------------------------------------
+
+def tiny(data_root, run_root, **values):
+    return resolve({"data_root": str(data_root), "run_root": str(run_root), "tracking_uri": "off",
+                    **dict(kv.split("=") for kv in TINY), **values})
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*.tmp-*"))
+
+
+def test_a_failed_save_removes_its_temporary_file(tmp_path, monkeypatch):
+    from qsattn import atomic
+
+    real_save = torch.save
+
+    def write_half_then_fail(obj, fh, *args, **kwargs):
+        real_save(obj, fh)
+        raise OSError("the disk went away half-way")
+
+    monkeypatch.setattr(torch, "save", write_half_then_fail)
+    with pytest.raises(OSError, match="half-way"):
+        ckpt_io.atomic_save({"w": torch.zeros(1000)}, tmp_path / "latest.pt")
+    monkeypatch.undo()
+
+    def refuse(*args):
+        raise PermissionError("the rename was refused")
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        atomic.atomic_write_text(tmp_path / "config.yaml", "lr: 0.0002\n")
+    assert temporaries(tmp_path) == [] and not (tmp_path / "latest.pt").exists()
+
+
+def test_temporaries_left_by_a_killed_save_are_swept_at_start(data_root, tmp_path):
+    from qsattn.train import train
+
+    cfg = tiny(data_root, tmp_path, max_steps=2, name="r")
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    stale = [run_dir / "checkpoints" / ".latest.pt.tmp-4242", run_dir / "checkpoints" / ".epoch_0001.pt.tmp-77",
+             run_dir / ".latest_net_G.pth.tmp-4242", run_dir / ".config.yaml.tmp-9"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)  # what SIGKILL during torch.save leaves
+    (run_dir / ".notes.tmp-1").write_text("not ours: kept")
+    train(cfg, progress=False)
+    assert temporaries(run_dir) == [".notes.tmp-1"]
+
+
+def test_an_epoch_checkpoint_is_never_skipped_by_a_kill_at_the_epoch_end(data_root, tmp_path, monkeypatch):
+    """Killed right after the first of the two saves at an epoch's end (latest.pt, epoch_0001.pt, in some
+    order), the resumed run still has every kept epoch checkpoint, at the step that ended the epoch."""
+    from qsattn import train as training
+
+    cfg = tiny(data_root, tmp_path, n_epochs=2, n_epochs_decay=0, checkpoint_every=0, keep_epoch_checkpoints=1,
+               max_dataset_size=4)  # epochs of 4 steps
+    steps, killed = [0], []
+    real_step, real_save = training.train_step, ckpt_io.atomic_save
+
+    def counting_step(state, *args):
+        steps[0] += 1
+        return real_step(state, *args)
+
+    def save_then_die_once(obj, path):
+        real_save(obj, path)
+        if steps[0] == 4 and not killed:  # the first save once epoch 1 (4 images, batch 1) is complete
+            killed.append(Path(path).name)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_step", counting_step)
+    monkeypatch.setattr(ckpt_io, "atomic_save", save_then_die_once)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, progress=False)
+    assert killed
+    training.train(cfg, progress=False)
+    checkpoints = tmp_path / cfg.run_name() / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert ckpt_io.load(checkpoints / "epoch_0001.pt")["step"] == 4
+
+
+def test_a_refused_resume_leaves_the_runs_config_yaml(data_root, tmp_path):
+    import yaml
+
+    from qsattn.train import train
+
+    train(tiny(data_root, tmp_path, method="cut", name="r", max_steps=2), progress=False)
+    (tmp_path / "r" / "DONE").unlink()  # unfinished
+    with pytest.raises(ConfigError, match="lambda_NCE: checkpoint 1.0 vs config 10.0"):
+        train(tiny(data_root, tmp_path, method="cut", name="r", max_steps=2, lambda_NCE=10), progress=False)
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["lambda_NCE"] == 1.0
+
+
+def test_a_finished_run_rerun_with_another_config_is_refused_not_skipped(data_root, tmp_path):
+    from qsattn.train import train
+
+    train(tiny(data_root, tmp_path, method="cut", name="r", max_steps=2), progress=False)
+    with pytest.raises(ConfigError, match=r"finished \(step 2\) with another config.*lambda_NCE: checkpoint 1.0 vs config 10.0"):
+        train(tiny(data_root, tmp_path, method="cut", name="r", max_steps=2, lambda_NCE=10), progress=False)
+
+
+def test_a_larger_max_steps_extends_a_finished_run_as_if_never_stopped(data_root, tmp_path):
+    from qsattn.train import train
+
+    straight = train(tiny(data_root, tmp_path / "a", max_steps=4, deterministic=True), progress=False)
+    run_dir = train(tiny(data_root, tmp_path / "b", max_steps=2, deterministic=True), progress=False)
+    assert (run_dir / "DONE").read_text() == "step 2\n"
+    train(tiny(data_root, tmp_path / "b", max_steps=4, deterministic=True), progress=False)
+    assert (run_dir / "DONE").read_text() == "step 4\n"
+    a, b = weights(straight), weights(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the extended run differs from one trained to 4 steps at once"
+    exported = torch.load(run_dir / "latest_net_G.pth", weights_only=True)
+    assert all(torch.equal(v, b[f"net_G.{k}"]) for k, v in exported.items())  # the export is the extended G
+    mtime = (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns
+    train(tiny(data_root, tmp_path / "b", max_steps=3, deterministic=True), progress=False)  # a smaller cap
+    assert (run_dir / "DONE").read_text() == "step 4\n"
+    assert (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns == mtime  # nothing done
+
+
+def test_a_nan_stops_the_run_before_it_replaces_a_good_checkpoint_or_exports(data_root, tmp_path, monkeypatch):
+    """Between readouts (log_every=100) nothing looks at the losses; a NaN weight at step 3 must still never
+    reach the checkpoint of step 4, the exported weights or DONE."""
+    from qsattn import train as training
+
+    real_step = training.train_step
+
+    def step_then_poison(state, *args):
+        losses = real_step(state, *args)
+        if state.step == 3:
+            with torch.no_grad():
+                next(state.G.parameters()).view(-1)[0] = float("nan")
+        return losses
+
+    monkeypatch.setattr(training, "train_step", step_then_poison)
+    cfg = tiny(data_root, tmp_path, max_steps=6, log_every=100, checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match=r"non-finite .*weights \(G.* at step 4: .*latest.pt is the last good"):
+        training.train(cfg, progress=False)
+    run_dir = tmp_path / cfg.run_name()
+    ckpt = ckpt_io.load(run_dir / "checkpoints" / "latest.pt")
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["net_G"].values())
+    assert not list(run_dir.glob("latest_net_*.pth")) and not (run_dir / "DONE").exists()
+
+
+def test_nce_layers_and_the_official_local_rule_are_checked_against_the_network(data_root, tmp_path, monkeypatch):
+    from qsattn import train as training
+
+    monkeypatch.setattr(training, "train_step", lambda *a: pytest.fail("a step ran before the check"))
+    with pytest.raises(ConfigError, match=r"nce_layers: 99 is not a layer of this generator \(netG=resnet_9blocks: layers 0\.\.31\)"):
+        training.train(tiny(data_root, tmp_path, method="cut", nce_layers="0,4,99"), progress=False)
+    # TINY: ngf=8, so the QS layers 12 and 16 have 4 * 8 = 32 channels
+    with pytest.raises(ConfigError, match=r"num_patches=16: the official local layout .* needs num_patches equal to the "
+                                          r"channel count of the QS layers \(32 here.*set num_patches=32, or "
+                                          r"local_layout=corrected"):
+        training.train(tiny(data_root, tmp_path, method="qsattn-local", num_patches=16), progress=False)
+
+
+def test_a_second_train_on_the_same_folder_stops_at_once_naming_the_holder(data_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = train_cmd(data_root, tmp_path, "n_epochs=100000", "checkpoint_every=0")
+    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = tmp_path / "qsattn-global-synthetic-s0" / ".lock"
+        deadline = time.time() + 120
+        while not (lock.exists() and f"pid {first.pid} " in lock.read_text()) and time.time() < deadline:
+            assert first.poll() is None, "the first training process ended early"
+            time.sleep(0.1)
+        second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"in use by pid {first.pid} on " in lines[0], second.stderr
+        assert first.poll() is None  # the holder is untouched
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_the_space(tmp_path, monkeypatch):
+    """Simulated ENOSPC (fsync is where network file systems report it); a real full disk: the tmpfs test."""
+    from qsattn import atomic
+    from qsattn.atomic import DiskFull
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", no_space)
+    with pytest.raises(DiskFull, match=r"disk full: writing .*latest\.pt needs about 3\.8 MB, .* free"):
+        ckpt_io.atomic_save({"w": torch.zeros(1_000_000)}, tmp_path / "latest.pt")
+    assert temporaries(tmp_path) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 4 MB file system (needs root and mount permission, else skipped): room for one checkpoint of
+    the tiny model (2.9 MB), not for the next one beside it."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip() or made.returncode})")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=True)  # detach it even if something still holds it
+
+
+def test_a_run_on_a_full_disk_stops_with_one_error_and_leaves_nothing_behind(data_root, small_tmpfs):
+    from qsattn.atomic import DiskFull
+    from qsattn.train import train
+
+    cfg = tiny(data_root, small_tmpfs, max_steps=8, checkpoint_every=2)
+    latest = small_tmpfs / cfg.run_name() / "checkpoints" / "latest.pt"
+    for attempt in range(2):  # the first run, then a resume on the still full disk: the same clean error
+        with pytest.raises(DiskFull, match=rf"writing {latest} needs about 2\.\d MB, [\d.]+ [kM]B free"):
+            train(cfg, progress=False)
+        assert temporaries(small_tmpfs) == []
+        assert ckpt_io.load(latest)["step"] == 2
+    with pytest.raises(DiskFull, match="blob.pt needs about"):  # not tensors: refused after the write failed
+        ckpt_io.atomic_save({"blob": b"x" * 3_000_000}, small_tmpfs / "blob.pt")
+    assert temporaries(small_tmpfs) == []
