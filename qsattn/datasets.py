@@ -14,16 +14,27 @@ split are checked against the published ones, and a `.prepared.json` marker make
 
 `--mirror URL` (or $QSATTN_DATA_MIRROR) swaps the scheme and host of every source URL for URL's,
 keeping the path; the sha256 check still applies.
+
+Two runs at once: each dataset has a lock (ROOT/.NAME.lock, an flock released when its holder dies);
+the second run waits for the first and then finds the dataset ready. A server that sends no
+Content-Length cannot say when a transfer was cut short, so such a download counts as complete only
+once it passes the sha256 check, or, where no hash is published, the archive's own integrity check
+(every zip member's CRC; a tar's every member and its end-of-archive blocks). The prepared folder gets
+the permissions the user's umask gives new files (group-readable with the usual 022 or 002), whatever
+the archive or the temporary folder said.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import glob
 import hashlib
 import http.client
 import json
 import os
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
@@ -263,11 +274,14 @@ def rewrite_url(url: str, mirror: str | None) -> str:
     return urllib.parse.urlunsplit((dst.scheme, dst.netloc, dst.path.rstrip("/") + src.path, src.query, ""))
 
 
-def download(url: str, dest: Path, *, attempts: int = 3, progress: bool = True) -> Path:
+def download(url: str, dest: Path, *, attempts: int = 3, progress: bool = True,
+             complete: Callable[[Path], str | None] | None = None) -> Path:
     """Fetch `url` into `dest`, through `dest.part`, resuming from the part's size with a Range request.
 
     A server that ignores Range (answers 200, not 206) gets a clean restart; an interrupted transfer is
     retried `attempts` times from where it stopped, and the `.part` is kept so a later run resumes too.
+    Without a Content-Length the end of the stream proves nothing: `complete(part)` (None when the file is
+    whole, else why not) decides whether the `.part` becomes `dest` or the transfer resumes.
     """
     from tqdm import tqdm
 
@@ -293,10 +307,20 @@ def download(url: str, dest: Path, *, attempts: int = 3, progress: bool = True) 
             got = part.stat().st_size
             if total is not None and got < total:
                 raise http.client.IncompleteRead(b"", total - got)
+            why = complete(part) if total is None and complete is not None else None
+            if why:
+                raise ConnectionError(f"the server sent no Content-Length and the {got} bytes received are not "
+                                      f"the whole file ({why})")
             os.replace(part, dest)
             return dest
         except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # the .part already holds the whole file
+            if e.code == 416 and have:  # the .part already holds the whole file, says the server
+                why = complete(part) if complete is not None else None
+                if why:
+                    part.unlink()
+                    raise DatasetError(f"downloading {url}: the server has nothing beyond the {have} bytes "
+                                       f"received, and they are not a good file ({why}). The partial file was "
+                                       f"deleted; run again to download it afresh.") from e
                 os.replace(part, dest)
                 return dest
             raise DatasetError(f"downloading {url} failed: HTTP {e.code} {e.reason}. Check the URL (or "
@@ -336,6 +360,47 @@ def verify_sha256(path: Path, expected: str | None, *, delete_on_mismatch: bool 
         raise DatasetError(f"{path.name}: sha256 mismatch (expected {expected}, got {actual}): the file is "
                            f"truncated, corrupted or not the published one. {action}")
     return actual, True
+
+
+def archive_problem(path: Path) -> str | None:
+    """Why `path` is not a whole zip or tar archive, or None: every zip member's CRC; every tar member's
+    data read through (a compressed tar's own checksum included) and, for a plain tar, the two zero blocks
+    that end it, which a transfer cut at a member boundary lacks."""
+    try:
+        if zipfile.is_zipfile(path):  # (a zip cut anywhere loses its central directory, at the end)
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            return f"member {bad} fails its CRC check" if bad else None
+        if not tarfile.is_tarfile(path):
+            return "neither a zip nor a tar archive"
+        try:
+            tf, plain = tarfile.open(path, "r:"), True
+        except tarfile.ReadError:
+            tf, plain = tarfile.open(path, "r:*"), False
+        with tf:
+            for member in tf:
+                if member.isfile():
+                    data = tf.extractfile(member)
+                    while data.read(1 << 20):
+                        pass
+            end = tf.offset
+        if plain:
+            with open(path, "rb") as f:
+                f.seek(end)
+                tail = f.read(2 * tarfile.BLOCKSIZE)
+            if len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0"):
+                return "the tar archive lacks its end-of-archive blocks: it was cut short"
+        return None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _completeness_check(source: Source) -> Callable[[Path], str | None]:
+    """How a download of `source` without Content-Length proves it is whole: its published sha256, else
+    the archive's own integrity."""
+    if source.sha256:
+        return lambda part: None if sha256_of(part) == source.sha256.lower() else "sha256 differs from the published one"
+    return archive_problem
 
 
 def _check_member(name: str, archive: Path) -> None:
@@ -424,7 +489,7 @@ def _gather_sources(entry: Dataset, root: Path, mirror: str | None, zips_dir: Pa
             if not path.exists():
                 url = rewrite_url(source.url, mirror)
                 print(f"downloading {url}" + (f" ({source.size / 1e6:.0f} MB)" if source.size else ""))
-                download(url, path, progress=progress)
+                download(url, path, progress=progress, complete=_completeness_check(source))
         digest, verified = verify_sha256(path, source.sha256, delete_on_mismatch=not source.manual)
         try:
             _check_archive_contents(path, source)
@@ -464,6 +529,38 @@ def _read_marker(folder: Path) -> dict | None:
         return None
 
 
+@contextlib.contextmanager
+def dataset_lock(root: Path, name: str):
+    """Hold ROOT/.NAME.lock; if another process holds it, say so and wait for it (an flock: released by
+    the kernel when its holder dies, so a killed run never blocks the next one)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            print(f"{name}: another `qsattn data {name}` ({holder}) is preparing it; waiting for it to finish.",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _make_readable(folder: Path) -> None:
+    """Give the prepared folder the modes the umask gives new files (mkdtemp makes it 0700; archives
+    may carry their own modes), so that a dataset on shared storage is readable by the group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for top, dirs, files in os.walk(folder):
+        os.chmod(top, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(top, name), 0o666 & ~umask)
+
+
 def prepare(entry: Dataset, root: str | Path = "datasets", *, mirror: str | None = None,
             zips_dir: str | Path | None = None, resample: str = "bicubic", keep_archives: bool = False,
             progress: bool = True) -> Path:
@@ -472,7 +569,14 @@ def prepare(entry: Dataset, root: str | Path = "datasets", *, mirror: str | None
     target = root / entry.name
     zips_dir = Path(zips_dir) if zips_dir else root / "cityscapes_zips"
     options = {"resample": resample} if entry.prepare is _prepare_cityscapes else {}
+    if _read_marker(target) is None:  # (a prepared dataset on read-only storage needs no lock)
+        with dataset_lock(root, entry.name):
+            return _prepare_locked(entry, root, target, zips_dir, options, mirror, keep_archives, progress)
+    return _prepare_locked(entry, root, target, zips_dir, options, mirror, keep_archives, progress)
 
+
+def _prepare_locked(entry: Dataset, root: Path, target: Path, zips_dir: Path, options: dict, mirror: str | None,
+                    keep_archives: bool, progress: bool) -> Path:
     marker = _read_marker(target)
     if marker is not None:
         if marker.get("counts") != entry.counts or marker.get("options", {}) != options:
@@ -490,7 +594,7 @@ def prepare(entry: Dataset, root: str | Path = "datasets", *, mirror: str | None
                            f"away or delete it, then run again.")
 
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f".{entry.name}.partial-*"):  # left by a run that was killed
+    for stale in root.glob(f".{entry.name}.partial-*"):  # left by a killed run (we hold the lock: not a live one's)
         shutil.rmtree(stale, ignore_errors=True)
     archives, records = _gather_sources(entry, root, mirror, zips_dir, progress)
 
@@ -503,6 +607,7 @@ def prepare(entry: Dataset, root: str | Path = "datasets", *, mirror: str | None
             "name": entry.name, "counts": entry.counts, "sources": records, "options": options,
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }, indent=2) + "\n")
+        _make_readable(staging)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -572,4 +677,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["DatasetError", "Source", "Dataset", "REGISTRY", "prepare", "download", "verify_sha256",
-           "safe_extract", "rewrite_url", "count_images", "add_arguments", "run"]
+           "safe_extract", "rewrite_url", "count_images", "archive_problem", "dataset_lock", "add_arguments", "run"]

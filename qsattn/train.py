@@ -190,6 +190,7 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
         ckpt_io.atomic_save(epoch_checkpoint(state, position, dataset.get_rng_state()), run.epoch_checkpoint(epoch))
 
     bar = _progress(progress, max_steps, state.step, run.dir.name)
+    write_progress(run.dir, state.step, max_steps, None)
     running: dict[str, torch.Tensor] = {}
     t_last, step_last = time.time(), state.step
     status = "FAILED"
@@ -215,6 +216,7 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
                     metrics["lr"] = state.opt_G.param_groups[0]["lr"]
                     assert_finite(state, running, run)
                     tracker.log_metrics(metrics, state.step)
+                    write_progress(run.dir, state.step, max_steps, (now - t_last) / (state.step - step_last))
                     bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("G", "NCE", "D", "images_per_s") if k in metrics})
                     running, t_last, step_last = {}, now, state.step
                 if cfg.sample_every and state.step % cfg.sample_every == 0:
@@ -262,6 +264,17 @@ def _step_cap(cfg: Config, n_batches: int) -> int:
     return cap
 
 
+def write_progress(run_dir: Path, step: int, total: int, sec_per_step: float | None) -> None:
+    """<run_dir>/progress.json for the sweep's terminal and `status` (they never read the job's log)."""
+    import json
+
+    from qsattn.atomic import atomic_write_text
+    from qsattn.run_folder import RunFolder
+
+    atomic_write_text(RunFolder(run_dir).progress, json.dumps(
+        {"step": step, "total_steps": total, "sec_per_step": sec_per_step, "updated": time.time()}))
+
+
 def epoch_checkpoint(state: TrainState, position: int, data_rng) -> dict:
     """What a kept epoch checkpoint holds (what best-vs-last evaluation reads). When it is written, relative
     to latest.pt, is the loop's business (train): this says only what is in it."""
@@ -271,7 +284,8 @@ def epoch_checkpoint(state: TrainState, position: int, data_rng) -> dict:
 def remove_stale_temporaries(run: Run) -> None:
     """Temporary files of saves a kill interrupted (a SIGKILL cannot clean up): safe to remove, as the
     caller holds the run folder's lock, so no other process is writing these files."""
-    ours = (run.config.name, run.done.name, run.mlflow_run_id.name, *(f"latest_net_{n}.pth" for n in "GDF"))
+    ours = (run.config.name, run.done.name, run.mlflow_run_id.name, run.progress.name,
+            *(f"latest_net_{n}.pth" for n in "GDF"))
     removed = remove_temporaries(run.checkpoints) + remove_temporaries(run.dir, ours)
     if removed:
         log.info("removed %d temporary file(s) of interrupted saves: %s", len(removed),

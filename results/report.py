@@ -135,10 +135,12 @@ def _records(run_dir: str | None) -> dict[str, dict]:
     return out
 
 
-def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: dict) -> tuple[str, str]:
-    """(finished | failed | running, why). MLflow's own status is not enough: training that fails sets
-    the tag last_status and leaves the run open for a resume; the pipeline reopens a trained run to log
-    its evaluation; the sweep's job records say when a job failed after training."""
+def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: dict,
+               folder_state: str = "") -> tuple[str, str]:
+    """(finished | failed | running | interrupted, why). MLflow's own status is not enough: training that
+    fails sets the tag last_status and leaves the run open for a resume; the pipeline reopens a trained run
+    to log its evaluation; the sweep's job records say when a job failed after training; a run left open
+    by a killed job is running only if its folder says so (`folder_state`: slurm.status.folder_status)."""
     latest = max(records, key=lambda k: records[k].get("time", 0)) if records else ""
     if latest == "failed":
         return "failed", str(records["failed"].get("error", "job failed"))[:200]
@@ -148,11 +150,30 @@ def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: 
         return "finished", ""
     if tags.get("last_status") in ("FAILED", "KILLED") and latest not in ("started", "submitted"):
         return "failed", f"training stopped ({tags['last_status'].lower()}); the next sweep resumes it"
+    if folder_state in ("interrupted", "pending"):  # no live process or job holds the run folder
+        return "interrupted", "stopped without a result; the next sweep resumes it"
     if mlflow_status == "FINISHED" or (mlflow_status is None and records.get("finished")):
         return "running", "trained, evaluation not finished"
     if latest == "submitted":
         return "running", "queued"
     return "running", "training"
+
+
+def _folder_state(run_dir: str, live: dict) -> str:
+    """The run folder's own state where it is readable here ('' if not: then nothing is inferred)."""
+    if not run_dir or not Path(run_dir).is_dir():
+        return ""
+    from slurm.status import folder_status
+
+    return folder_status(run_dir, live).state
+
+
+def _is_orphan(run_id: str, run_dir: str) -> bool:
+    """An MLflow run that is not the one its run folder logs to (a duplicate: the folder names another)."""
+    try:
+        return (Path(run_dir) / "mlflow_run_id").read_text().strip() not in ("", run_id)
+    except OSError:
+        return False
 
 
 def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFrame:
@@ -179,6 +200,9 @@ def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFram
         token = page.token
         if not token:
             break
+    from slurm.status import live_jobs
+
+    live = live_jobs()
     rows = []
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
@@ -188,7 +212,9 @@ def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFram
         run_dir = tags.get("run_dir", "")
         name = tags.get("mlflow.runName") or run.info.run_name or params.get("name", "")
         evaluated = any(k.endswith("_last") for k in metrics)
-        status, why = run_status(run.info.status, tags, evaluated, _records(run_dir))
+        status, why = run_status(run.info.status, tags, evaluated, _records(run_dir), _folder_state(run_dir, live))
+        if _is_orphan(run.info.run_id, run_dir):
+            status, why = "orphan", "not the MLflow run its run folder logs to (a duplicate); ignored"
         base = dict(
             sweep=tags.get("sweep") or experiment, cell=tags.get("cell_id") or name,
             variant=tags.get("ablation") or _variant(name, method, dataset, seed),
@@ -213,6 +239,9 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ReportError(f"{runs_dir} is not a folder; pass the sweep's run_root (e.g. runs/demo)")
+    from slurm.status import live_jobs
+
+    live = live_jobs()
     rows = []
     for cfg_file in sorted(runs_dir.glob("*/config.yaml")):
         run_dir = cfg_file.parent
@@ -227,10 +256,12 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
             status, why = ("finished", "") if records.get("finished") or not records else \
                 run_status(None, {}, True, records)
         elif records:
-            status, why = run_status(None, {}, False, records)
+            status, why = run_status(None, {}, False, records, _folder_state(str(run_dir), live))
+        elif _folder_state(str(run_dir), live) == "running":
+            status, why = "running", "training (no job records)"
         else:
-            status, why = "running", ("trained, evaluation not finished" if (run_dir / "DONE").exists()
-                                      else "training (or stopped; no job records)")
+            status, why = "interrupted", ("trained, evaluation not finished" if (run_dir / "DONE").exists()
+                                          else "stopped without a result (no job records)")
         protocol = metrics.get("protocol", {})
         base = dict(sweep=cfg.get("experiment", runs_dir.name), cell=run_dir.name,
                     variant=_variant(run_dir.name, cfg.get("method"), cfg.get("dataset"), cfg.get("seed")),
@@ -385,6 +416,8 @@ def table1_numbers(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Da
             done = cell[cell["status"] == "finished"].sort_values("start_time").drop_duplicates("seed", keep="last")
             failed = sorted(set(cell.loc[cell["status"] == "failed", "seed"]) - set(done["seed"]), key=str)
             running = sorted(set(cell.loc[cell["status"] == "running", "seed"]) - set(done["seed"]), key=str)
+            stopped = sorted(set(cell.loc[cell["status"] == "interrupted", "seed"]) - set(done["seed"]) - set(running),
+                             key=str)
             for metric in table_metrics(dataset, df, paper):
                 ref = lookup.get((method, dataset, metric)) if not variant else None
                 for which in WHICH:
@@ -395,6 +428,8 @@ def table1_numbers(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Da
                     notes = []
                     if running:
                         notes.append(f"running ({_seeds_text(running)})")
+                    if stopped:
+                        notes.append(f"interrupted ({_seeds_text(stopped)}; the next sweep resumes it)")
                     if failed:
                         notes.append(f"failed ({_seeds_text(failed)})")
                     unlogged = sorted(set(done["seed"]) - set(seeds), key=str)

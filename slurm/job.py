@@ -1,12 +1,15 @@
 """One sweep job: a checkpointable callable around one cell (dino's run_with_submitit `Trainer`).
 
-`__call__` runs the cell (train or resume, translate, evaluate: `qsattn.pipeline.run_cell`), and leaves
-small status records in the cell's run folder, `<run_dir>/sweep/{submitted,started,finished,failed}.json`,
-so that `status` needs neither sacct nor the submitit folder (a packed cell, slurm/pack.py, runs the same
+`__call__` runs the cell (train or resume, translate, evaluate: `qsattn.pipeline.run_cell`) holding the
+run folder's lock (`qsattn.run_folder.locked`) for all of it, and leaves small status records in the
+cell's run folder, `<run_dir>/sweep/{submitted,started,finished,failed}.json`, so that `status` needs neither sacct nor the submitit folder (a packed cell, slurm/pack.py, runs the same
 CellJob in its own process, and its records also name its pack). `checkpoint()` is what submitit calls on
 preemption or near the time limit (signal USR2): it returns a fresh copy of the job to requeue; the
 requeued job resumes from the run folder's latest checkpoint and continues the same MLflow run (its id
 is kept in the run folder).
+
+A job whose cell is already being run by another process (a second sweep started at the same time)
+meets the lock, writes no record and returns `{"state": "running elsewhere"}`: skipped, not failed.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from qsattn.config import Config
 
 RECORDS = ("submitted", "started", "finished", "failed", "preempted")
 STAGES = ("full", "train")
+BUSY = "running elsewhere"  # the result state of a job whose cell another live process holds
 
 
 def record_dir(run_dir: Path | str) -> Path:
@@ -50,11 +54,14 @@ def read_records(run_dir: Path | str) -> dict[str, dict]:
 
 
 def job_id_here() -> str:
-    """The SLURM array element id (123_4) or job id, else this process's id (submitit's local job id)."""
+    """The SLURM array element id (123_4) or job id, else submitit's local job id, else this process's id.
+
+    Under submitit's local executor the job id is the pid of its controller process (which names the log
+    files), and the job runs in a child of it: os.getpid() there is another number."""
     env = os.environ
     if env.get("SLURM_ARRAY_JOB_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return env.get("SLURM_JOB_ID") or str(os.getpid())
+    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid())
 
 
 def train_only(cfg: Config) -> dict:
@@ -94,11 +101,21 @@ class CellJob(submitit.helpers.Checkpointable):
         return self.run_recorded(self._run_saving_on_preemption)
 
     def run_recorded(self, body) -> dict:
-        """body() with the started / finished / failed records around it (a stop on request is no failure)."""
+        """body() with the started / finished / failed records around it (a stop on request is no failure),
+        under the run folder's lock; {"state": BUSY} without touching the folder if another process has it."""
+        from qsattn.run_folder import RunBusy, locked
+
+        try:
+            with locked(self.run_dir):
+                return self._run_recorded(body)
+        except RunBusy as exc:
+            print(f"{self.cfg.run_name()}: {BUSY}: {exc}", flush=True)
+            return {"state": BUSY, "detail": str(exc)}
+
+    def _run_recorded(self, body) -> dict:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.record("started", pid=os.getpid(), stage=self.stage,
                     restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
         try:

@@ -24,13 +24,14 @@ from pathlib import Path
 import submitit
 
 from qsattn.config import Config
-from slurm.job import CellJob, job_id_here, read_records, write_record
+from slurm.job import BUSY, CellJob, job_id_here, read_records, write_record
 from slurm.status import DONE_FILE
 
 # Imported once by the pack's fork server, then shared by its K cells' processes: K cold imports of torch
 # and MLflow at once take tens of seconds on a busy node. (Nothing here touches CUDA before the fork.)
 PRELOAD = ("qsattn.train", "qsattn.translate", "eval.registry", "qsattn.tracking", "mlflow", "slurm.pack")
 PREEMPTED_EXIT = 75  # a cell's process stopped on USR2 after saving (EX_TEMPFAIL): resumed by the requeued pack
+BUSY_EXIT = 73  # a cell's process found its run folder held by another live process (another sweep runs it)
 LOG_NAME = "log.txt"  # <run_dir>/sweep/log.txt: a packed cell's stdout and stderr, every attempt appended
 
 
@@ -146,6 +147,8 @@ class PackedJob(submitit.helpers.Checkpointable):
         records = read_records(folder)
         if exitcode == 0:
             return {"state": "finished", "result": self._result(cfg)}
+        if exitcode == BUSY_EXIT:
+            return {"state": BUSY}
         if exitcode == PREEMPTED_EXIT or (preempted and exitcode is not None and exitcode < 0):
             write_record(folder, "preempted", job_id=job_id, pack=self.pack,
                          restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
@@ -196,7 +199,7 @@ def run_packed_cell(cfg: Config, stage: str, context: dict) -> None:
     signal.signal(signal.SIGUSR2, on_usr2)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})  # (blocked by the pack while starting us)
-        job.run_recorded(job.run_cell)
+        result = job.run_recorded(job.run_cell)
     except Preempted:
         print("stopped on USR2 outside training; the requeued pack starts this stage again", flush=True)
         sys.exit(PREEMPTED_EXIT)
@@ -207,6 +210,8 @@ def run_packed_cell(cfg: Config, stage: str, context: dict) -> None:
             print(f"stopped on USR2: {exc}", flush=True)
             sys.exit(PREEMPTED_EXIT)
         raise
+    if isinstance(result, dict) and result.get("state") == BUSY:
+        sys.exit(BUSY_EXIT)
 
 
 def _die_with_parent() -> None:

@@ -2,11 +2,14 @@
 
     python -m qsattn status experiments/table1.yaml [--only key=value] [--errors] [--json]
 
-Reads each cell's run folder (metrics.json, the DONE file, mlflow_run_id and the job records in
-<run_dir>/sweep/) and `squeue` for live SLURM jobs; it never needs SLURM accounting (sacct), which
-small clusters often run without. `interrupted` means a job started and then stopped without a
-result (killed, node lost): the next sweep resumes it from its checkpoint. Packed cells (cells_per_gpu > 1)
-are listed like any other; the `pack` column says which cells share a job.
+Reads each cell's run folder (metrics.json, the DONE file, mlflow_run_id, progress.json, its lock and
+the job records in <run_dir>/sweep/) and `squeue` for live SLURM jobs; it never needs SLURM accounting
+(sacct), which small clusters often run without. A cell is `running` only while a live process holds its
+run folder's lock (or SLURM lists its job): records or an MLflow run left behind by a killed job never
+make it so. `interrupted` means a job started and then stopped without a result (killed, node lost):
+the next sweep resumes it from its checkpoint. Running cells show their step, s/step and ETA, and the
+bill (slurm/bill.py) follows the table, with the GPU-hours still to spend. Packed cells (cells_per_gpu
+> 1) are listed like any other; the `pack` column says which cells share a job.
 """
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ class CellStatus:
     error: str = ""
     run_dir: str = ""
     pack: str = ""      # a packed cell (cells_per_gpu > 1): the pack's id; its neighbours share job and pack
+    holder: str = ""    # the live process holding the run folder's lock ("pid N on HOST since ...")
+    step: int = 0       # training progress (progress.json): steps done, of total_steps
+    total_steps: int = 0
+    sec_per_step: float | None = None
+    eta_s: float | None = None
+    log: str = ""       # the job's log file (stderr), where its progress bar and any traceback go
 
 
 def live_jobs() -> dict[str, str]:
@@ -79,11 +88,68 @@ def _result_metric(run_dir: Path) -> str:
     return ""
 
 
+def read_progress(run_dir: Path | str) -> dict | None:
+    """<run_dir>/progress.json as training wrote it (step, total_steps, sec_per_step, updated), or None."""
+    from qsattn.run_folder import RunFolder
+
+    try:
+        data = json.loads(RunFolder(run_dir).progress.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "step" in data else None
+
+
+def eta_seconds(progress: dict | None) -> float | None:
+    if not progress or not progress.get("sec_per_step"):
+        return None
+    return max(0, progress["total_steps"] - progress["step"]) * progress["sec_per_step"]
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_text(progress: dict | None, trained: bool = False) -> str:
+    """'step 300/1200 (25%), 0.12 s/step, ETA 1m48s'; after training, what the cell does next."""
+    if trained:
+        return "trained; translating and scoring the test split"
+    if not progress:
+        return ""
+    step, total = progress["step"], progress["total_steps"]
+    text = f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)"
+    if progress.get("sec_per_step"):
+        text += f", {progress['sec_per_step']:.3g} s/step, ETA {duration(eta_seconds(progress))}"
+    return text
+
+
+def _log_file(record: dict, job_id: str, run_dir: Path) -> str:
+    if record.get("pack"):
+        from slurm.pack import LOG_NAME
+
+        return str(run_dir / "sweep" / LOG_NAME)
+    if not record.get("folder") or not job_id or job_id.startswith("debug"):
+        return ""
+    from submitit.core.utils import JobPaths
+
+    return str(JobPaths(record["folder"], job_id, 0).stderr)
+
+
 def cell_status(cell: Cell, live: dict[str, str]) -> CellStatus:
+    return folder_status(cell.run_dir, live, cell.name, cell.id)
+
+
+def folder_status(run_dir: Path | str, live: dict[str, str], name: str = "", cell_id: str = "") -> CellStatus:
+    """The state of one run folder (`live`: live_jobs()); the report asks this too."""
+    from qsattn.run_folder import holder
     from slurm.job import read_records
 
-    run_dir = cell.run_dir
-    st = CellStatus(cell.name, cell.id, "pending", run_dir=str(run_dir))
+    run_dir = Path(run_dir)
+    st = CellStatus(name or run_dir.name, cell_id, "pending", run_dir=str(run_dir))
     id_file = run_dir / "mlflow_run_id"
     if id_file.exists():
         st.mlflow_run_id = id_file.read_text().strip()
@@ -92,21 +158,26 @@ def cell_status(cell: Cell, live: dict[str, str]) -> CellStatus:
     latest = records.get(latest_kind, {})
     st.job_id = str(latest.get("job_id", ""))
     st.pack = str(latest.get("pack") or records.get("submitted", {}).get("pack") or "")
+    st.log = _log_file(records.get("submitted", {}), st.job_id, run_dir)
+    progress = read_progress(run_dir)
+    if progress:
+        st.step, st.total_steps = int(progress["step"]), int(progress["total_steps"])
+        st.sec_per_step, st.eta_s = progress.get("sec_per_step"), eta_seconds(progress)
     if (run_dir / "metrics.json").exists():
         st.state, st.metric = "done", _result_metric(run_dir)
         return st
     if latest_kind == "finished" and (run_dir / DONE_FILE).exists():
         st.state = "trained"  # a `--stage train` sweep's result
         return st
-    if latest_kind == "failed":
+    st.holder = holder(run_dir) or ""
+    if st.holder:
+        st.state = "running"  # a live process holds the run folder: this sweep's job, another's, a `train`
+    elif latest_kind == "failed":
         st.state, st.error = "failed", latest.get("error", "")
-        return st
-    if st.job_id in live:
+    elif st.job_id in live:
         st.state = "queued" if live[st.job_id] in ("PENDING", "CONFIGURING", "REQUEUED") else "running"
-    elif latest_kind in ("started", "preempted") and _pid_alive(records.get("started", {})):
-        st.state = "running"
     elif latest_kind == "submitted" and _pid_alive({"host": latest.get("host"), "pid": latest.get("job_id")}):
-        st.state = "running"  # a local job (its id is the process id) that has not written `started` yet
+        st.state = "queued"  # a local job (its id is its controller's pid) that has not taken the lock yet
     elif (run_dir / DONE_FILE).exists():
         st.state = "trained"
     elif latest_kind:
@@ -153,6 +224,9 @@ def format_table(rows: list[CellStatus], errors: bool = False) -> str:
     if any(r.pack for r in rows):  # packed cells (cells_per_gpu > 1): which pack, beside the job
         head = head[:4] + ("pack",) + head[4:]
         data = [row[:4] + (r.pack,) + row[4:] for row, r in zip(data, rows)]
+    if any(r.total_steps and r.state in ("running", "interrupted", "queued") for r in rows):
+        head = head + ("step", "s/step", "ETA")
+        data = [row + _progress_columns(r) for row, r in zip(data, rows)]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *data)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *data]]
     counts: dict[str, int] = {}
@@ -164,7 +238,28 @@ def format_table(rows: list[CellStatus], errors: bool = False) -> str:
             lines.append(f"\n{r.name} ({r.run_dir}):\n  {r.error}")
         elif r.error:
             lines.append(f"failed {r.name}: {r.error.splitlines()[0][:200]}")
+    for r in rows:
+        if r.state == "running" and r.holder and r.log:
+            lines.append(f"log of {r.name}: {r.log}")
     return "\n".join(lines)
+
+
+def _progress_columns(r: CellStatus) -> tuple[str, str, str]:
+    if not r.total_steps or r.state not in ("running", "interrupted", "queued"):
+        return "", "", ""
+    return (f"{r.step}/{r.total_steps}", f"{r.sec_per_step:.3g}" if r.sec_per_step else "",
+            duration(r.eta_s) if r.eta_s is not None and r.state == "running" else "")
+
+
+def steps_left(cells: list[Cell], rows: list[CellStatus]) -> dict[str, int]:
+    """Training steps each cell still has to run (0 once trained), for the bill's "left" column."""
+    out = {}
+    for cell, r in zip(cells, rows):
+        if r.state in ("done", "trained"):
+            out[cell.name] = 0
+        elif r.total_steps:
+            out[cell.name] = max(0, r.total_steps - r.step)
+    return out
 
 
 def add_arguments(parser) -> None:
@@ -173,6 +268,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--errors", action="store_true", help="show the full error of failed cells")
     parser.add_argument("--json", action="store_true", help="one JSON object per cell instead of the table")
     parser.add_argument("--no-mlflow", action="store_true", help="do not read training losses from MLflow")
+    parser.add_argument("--gpu", default=None, metavar="MODEL",
+                        help="price the bill on this GPU model (default: this machine's GPU, else the one measured)")
+    parser.add_argument("--no-bill", action="store_true", help="do not print the bill under the table")
 
 
 def run(args) -> int:
@@ -185,6 +283,10 @@ def run(args) -> int:
     if args.json:
         for r in rows:
             print(json.dumps(asdict(r)))
-    else:
-        print(format_table(rows, errors=args.errors))
+        return 0
+    print(format_table(rows, errors=args.errors))
+    if not args.no_bill:
+        from slurm.bill import bill
+
+        print(bill(cells, "local", {"gpu_model": args.gpu} if args.gpu else {}, left=steps_left(cells, rows))[0])
     return 0

@@ -17,7 +17,13 @@ GPU, each array element K cells. Each cell keeps its own run folder, checkpoint,
 
 Running a sweep again is always safe: finished cells are skipped, queued or running ones are left
 alone, unfinished ones resume from their latest checkpoint (and continue their MLflow run), failed ones
-are retried. A job preempted or near its time limit (USR2) checkpoints and requeues itself.
+are retried. A job preempted or near its time limit (USR2) checkpoints and requeues itself. Two sweeps
+at once never run a cell twice: each job holds its cell's run-folder lock, and a job that finds it held
+by another live process skips the cell ("running elsewhere").
+
+Before submitting, the sweep prints its bill (GPU-hours and checkpoint disk: slurm/bill.py) and checks
+what every cell will need (slurm/preflight.py); a problem stops it with one message. While it waits
+for local jobs (or SLURM jobs with --wait) it prints each running cell's step, s/step and ETA.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ PROFILE_KEYS = {
     "mem_gb": "mem_gb", "time_min": "timeout_min", "array_parallelism": "slurm_array_parallelism",
     "signal_delay_s": "slurm_signal_delay_s", "sbatch": "slurm_additional_parameters", "setup": "slurm_setup",
     "max_num_timeout": None, "max_parallel": None, "env": None, "description": None, "cells_per_gpu": None,
+    "gpu_model": None,
 }
 DEFAULT_PROFILE = {"time_min": 60 * 24, "max_num_timeout": 20, "signal_delay_s": 120, "cpus_per_task": 2,
                    "gpus_per_node": 0, "mem_gb": 8}
@@ -185,7 +192,8 @@ def prepare_tracking(cells: list[Cell]) -> None:
 
 
 def plan(cells: list[Cell], stage: str, retry_failed: bool = True) -> tuple[list[Cell], dict[str, str]]:
-    """Which cells to (re)submit, and why each other cell is left alone."""
+    """Which cells to (re)submit, and why each other cell is left alone. A cell whose run folder is
+    locked by a live process (another sweep's job, a `train` by hand) is running, whatever its records say."""
     from slurm.status import cell_status, live_jobs
 
     live = live_jobs()
@@ -195,6 +203,8 @@ def plan(cells: list[Cell], stage: str, retry_failed: bool = True) -> tuple[list
         done = st.state == "done" or (stage == "train" and st.state == "trained")
         if done:
             skipped[cell.name] = "done"
+        elif st.holder:
+            skipped[cell.name] = f"running elsewhere ({st.holder})"
         elif st.state in ("running", "queued"):
             skipped[cell.name] = f"{st.state} (job {st.job_id})"
         elif st.state == "failed" and not retry_failed:
@@ -213,12 +223,14 @@ def make_job(cells: list[Cell], stage: str, k: int):
 
 
 def submit(cells: list[Cell], cluster: str, profile: dict, folder: Path, stage: str, lay: Layout,
-           wait: bool) -> int:
-    """Submit the cells' jobs; returns the number of cells that failed (when waited for)."""
+           wait: bool, progress_every: float = 30.0) -> int:
+    """Submit the cells' jobs; returns the number of cells that failed (when waited for). While waiting,
+    prints the progress of the running cells every `progress_every` seconds (0: never)."""
     from slurm.job import write_record
 
     executor = make_executor(cluster, folder, profile)
     units = lay.jobs(cells)
+    watch = ProgressPrinter(progress_every)
 
     def submitted(unit: list[Cell], job_id: str, job) -> None:
         pack = {"pack": job.pack, "pack_cells": [c.config.run_name() for c in unit]} if lay.k > 1 else {}
@@ -232,13 +244,21 @@ def submit(cells: list[Cell], cluster: str, profile: dict, folder: Path, stage: 
         out = []
         for unit, job, handle in zip(units, jobs, pending):
             submitted(unit, handle.job_id, job)
-            print(f"submitted {_names(unit)} as job {handle.job_id}")
+            print(f"submitted {_names(unit)} as job {handle.job_id} (log {log_path(folder, handle.job_id)})")
             out.append((unit, handle))
         if not wait:
             print(f"{len(out)} jobs in array {out[0][1].job_id.split('_')[0]}; "
                   f"follow them with `python -m qsattn status`, logs in {folder}")
             return 0
-        return sum(_collect(unit, handle) for unit, handle in out)
+        failed = 0
+        while out:
+            for item in [o for o in out if o[1].done()]:
+                failed += _collect(*item)
+                out.remove(item)
+            if out:
+                watch.tick([c for unit, _ in out for c in unit])
+                time.sleep(5.0)
+        return failed
     if cluster == "debug":
         failed = 0
         for unit in units:
@@ -259,7 +279,8 @@ def submit(cells: list[Cell], cluster: str, profile: dict, folder: Path, stage: 
             handle = executor.submit(job)
             submitted(unit, handle.job_id, job)
             where = "" if gpu is None else f" on GPU {gpu}"
-            print(f"started {_names(unit)} (process {handle.job_id}{where})", flush=True)
+            print(f"started {_names(unit)} (job {handle.job_id}{where}, log {log_path(folder, handle.job_id)})",
+                  flush=True)
             running.append((unit, handle, slot))
         finished = [r for r in running if r[1].done()]
         running = [r for r in running if not r[1].done()]
@@ -267,8 +288,35 @@ def submit(cells: list[Cell], cluster: str, profile: dict, folder: Path, stage: 
             failed += _collect(unit, handle)
             free.append(slot)
         if running:
+            watch.tick([c for unit, _, _ in running for c in unit])
             time.sleep(1.0)
     return failed
+
+
+def log_path(folder: Path, job_id: str) -> Path:
+    """The job's stderr (where its progress bar and traceback go), as submitit names it."""
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(folder, job_id, 0).stderr
+
+
+class ProgressPrinter:
+    """Every `every` seconds, one line per running cell whose progress moved: step, s/step, ETA."""
+
+    def __init__(self, every: float):
+        self.every, self.last, self.shown = every, time.time(), {}
+
+    def tick(self, cells: list[Cell]) -> None:
+        from slurm.status import progress_text, read_progress
+
+        if not self.every or time.time() - self.last < self.every:
+            return
+        self.last = time.time()
+        for cell in cells:
+            text = progress_text(read_progress(cell.run_dir), trained=(cell.run_dir / "DONE").exists())
+            if text and self.shown.get(cell.name) != text:
+                print(f"{time.strftime('%H:%M:%S')} {cell.name}: {text}", flush=True)
+                self.shown[cell.name] = text
 
 
 def _names(unit: list[Cell]) -> str:
@@ -277,6 +325,8 @@ def _names(unit: list[Cell]) -> str:
 
 def _collect(unit: list[Cell], job) -> int:
     """Print each cell's result; returns how many failed. A pack's result holds one outcome per cell."""
+    from slurm.job import BUSY
+
     try:
         result = job.result()
     except Exception as exc:  # noqa: BLE001 - one failed job never stops the others
@@ -285,13 +335,18 @@ def _collect(unit: list[Cell], job) -> int:
             print(f"FAILED  {cell.name}: {last[0][:300]} (details: python -m qsattn status --errors)", flush=True)
         return len(unit)
     if not (isinstance(result, dict) and "pack" in result):
+        if isinstance(result, dict) and result.get("state") == BUSY:
+            print(f"skip    {unit[0].name}: {BUSY} ({result.get('detail', '')})", flush=True)
+            return 0
         metrics = result.get("metrics", result) if isinstance(result, dict) else result
         print(f"done    {unit[0].name}: {_short(metrics)}", flush=True)
         return 0
     failed = 0
     for cell in unit:
         out = result["cells"].get(cell.config.run_name(), {"state": "missing"})
-        if out["state"] == "finished":
+        if out["state"] == BUSY:
+            print(f"skip    {cell.name}: {BUSY} (another process holds its run folder)", flush=True)
+        elif out["state"] == "finished":
             res = out.get("result")
             metrics = res.get("metrics", res) if isinstance(res, dict) else res
             print(f"done    {cell.name}: {_short(metrics)}", flush=True)
@@ -299,7 +354,7 @@ def _collect(unit: list[Cell], job) -> int:
             print(f"stopped {cell.name}: preempted; its requeued job resumes it", flush=True)
         else:
             failed += 1
-            error = (out.get("error") or out["state"]).strip().splitlines()[-1][:300]
+            error = (out.get("error") or out["state"]).strip().splitlines()[0][:300]  # "Type: message"
             print(f"FAILED  {cell.name}: {error} (details: python -m qsattn status --errors)", flush=True)
     return failed
 
@@ -334,9 +389,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their results")
     parser.add_argument("--folder", default=None,
                         help="submitit logs and pickles (default: <run_root of the first cell>/_submitit)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the bill (GPU-hours, checkpoint disk) and exit; exit code 2 where a real run "
+                             "would stop because GPU cells would run on this machine's CPU (see --allow-cpu)")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="--cluster local without a GPU: run device=auto cells on the CPU anyway (without it "
+                             "such a sweep stops at once with its bill and the command for a cluster)")
+    parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                        help="while waiting, print each running cell's step, s/step and ETA this often "
+                             "(default 30; 0: never)")
 
 
 def run(args) -> int:
+    from slurm.bill import bill
+    from slurm.preflight import format_problems, preflight
+
     try:
         cells = select(expand(args.grid), args.only)
         if not cells:
@@ -359,19 +426,63 @@ def run(args) -> int:
         print(f"skip    {name}: {why}")
     print(f"{len(cells)} cells, {len(todo)} to run on {args.cluster}"
           + (f" (profile {profile_name})" if profile_name else ""))
+    if todo:
+        print(bill(todo, args.cluster, profile)[0], flush=True)
+    blocked = cpu_gate(todo, args, lay)
+    if args.estimate:
+        if blocked:
+            print(f"stopped: {blocked}", file=sys.stderr)
+        return 2 if blocked else 0
+    folder = (Path(args.folder) if args.folder else Path((todo or cells)[0].config.run_root) / "_submitit").absolute()
+    if args.cluster == "slurm":
+        folder = folder / "%j"  # one folder per job; local jobs' files sit side by side (see log_path)
+    gpus_here = visible_gpus() if args.cluster == "local" else []
     if args.dry_run:
         for cell in todo:
             print(f"would run {cell.name}  id={cell.id}  -> {cell.run_dir}")
         if todo:
             print(describe(lay, args.cluster, profile, todo))
+            problems, notes = preflight(todo, cluster=args.cluster, stage=args.stage, profile=profile,
+                                        folder=folder, gpus_here=gpus_here, dry_run=True)
+            for note in notes:
+                print(f"preflight: {note}")
+            print(format_problems(problems, dry_run=True) if problems else "preflight: no problem found")
+            if blocked:
+                print(f"a real run would stop: {blocked}")
         return 0
     if not todo:
         return 0
+    if blocked:
+        print(f"stopped: {blocked}", file=sys.stderr)
+        return 2
+    problems, notes = preflight(todo, cluster=args.cluster, stage=args.stage, profile=profile, folder=folder,
+                                gpus_here=gpus_here)
+    for note in notes:
+        print(f"preflight: {note}")
+    if problems:
+        print(format_problems(problems), file=sys.stderr)
+        return 2
     todo = [for_jobs(c, lay.threads) for c in todo]
     prepare_tracking(todo)
-    folder = Path(args.folder) if args.folder else Path(todo[0].config.run_root) / "_submitit"
-    failed = submit(todo, args.cluster, profile, folder.absolute() / "%j", args.stage, lay, args.wait)
+    failed = submit(todo, args.cluster, profile, folder, args.stage, lay, args.wait, args.progress_every)
     return 1 if failed else 0
+
+
+def cpu_gate(cells: list[Cell], args, lay: Layout) -> str:
+    """Why a local sweep must not start here ('' if it may): cells meant for a GPU (device=auto) on a
+    machine without one would run on its CPU, for far longer than their bill says."""
+    if args.cluster != "local" or args.allow_cpu or any(g is not None for g in lay.slots):
+        return ""
+    meant_for_gpu = [c for c in cells if c.config.device == "auto"]
+    if not meant_for_gpu:
+        return ""
+    only = "".join(f" --only {o}" for o in args.only)
+    return (f"{len(meant_for_gpu)} cells are meant for a GPU (device=auto) and this machine has none; on its CPU "
+            f"they would take many times the GPU-hours above.\n"
+            f"  on a SLURM cluster: python -m qsattn sweep {args.grid}{only} --cluster slurm --profile <yours>\n"
+            f"    (copy slurm/example-cluster.yaml to slurm/<yours>.yaml; docs/sweeps.md; for Table 1: "
+            f"make reproduce-table1 CLUSTER=slurm PROFILE=<yours>)\n"
+            f"  or go ahead on this CPU anyway: add --allow-cpu (make reproduce-table1 ALLOW_CPU=1)")
 
 
 def describe(lay: Layout, cluster: str, profile: dict, cells: list[Cell]) -> str:

@@ -8,9 +8,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
+import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +28,8 @@ from qsattn.datasets import DatasetError
 
 
 # --------------------------------------------------------------------------------------------------
-# A local server: Range support, a mode that drops the first transfer halfway, a mode ignoring Range
+# A local server: Range support, a mode that drops the first transfer halfway (or every one), a mode
+# ignoring Range; `no_length` leaves out Content-Length, `delay` slows the transfer down
 # --------------------------------------------------------------------------------------------------
 
 class _Handler(BaseHTTPRequestHandler):
@@ -48,16 +54,19 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
+        if not srv.no_length:
+            self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        if srv.mode == "drop_once" and not srv.dropped:
+        if (srv.mode == "drop_once" and not srv.dropped) or srv.mode == "drop_always":
             srv.dropped = True
             self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
-        self.wfile.write(payload)
+        for i in range(0, len(payload), 4096):
+            self.wfile.write(payload[i:i + 4096])
+            time.sleep(srv.delay)
 
     def log_message(self, *args):
         pass
@@ -73,7 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
-    srv.files, srv.log, srv.mode, srv.dropped = {}, [], "normal", False
+    srv.files, srv.log, srv.mode, srv.dropped, srv.no_length, srv.delay = {}, [], "normal", False, False, 0.0
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -361,3 +370,118 @@ def test_cli_reports_errors_and_lists(server, tmp_path, capsys, monkeypatch):
     assert "sha256 mismatch" in capsys.readouterr().err
     assert server.log[0][0] == "/cyclegan/datasets/horse2zebra.zip"
     assert _no_partial_left(tmp_path, "horse2zebra") and not (tmp_path / "horse2zebra.zip").exists()
+
+
+# --- downloads without Content-Length, two runs at once, permissions -----------------------------------
+
+def test_a_download_without_content_length_cut_short_is_resumed_not_taken_as_complete(server, tmp_path):
+    """The sha256 decides: the half received is not renamed into place; the resumed transfer is."""
+    server.no_length, server.mode = True, "drop_once"
+    entry = _h2z(server)
+    target = ds.prepare(entry, tmp_path, progress=False)
+    size = entry.sources[0].size
+    assert [r for _, r in server.log] == [None, f"bytes={size // 2}-"]
+    assert {s: ds.count_images(target / s) for s in H2Z_COUNTS} == H2Z_COUNTS
+
+
+def test_a_download_without_content_length_that_keeps_failing_is_never_renamed(server, tmp_path):
+    server.no_length, server.mode = True, "drop_always"
+    body = _horse2zebra_zip()
+    server.files["/h2z.zip"] = body
+    with pytest.raises(DatasetError, match="interrupted") as err:
+        ds.download(server.base + "/h2z.zip", tmp_path / "h2z.zip", progress=False,
+                    complete=ds._completeness_check(ds.Source("h2z.zip", "", sha256=hashlib.sha256(body).hexdigest())))
+    assert "not the whole file" in str(err.value)
+    assert not (tmp_path / "h2z.zip").exists() and (tmp_path / "h2z.zip.part").exists()
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+def test_without_a_published_hash_the_archive_itself_proves_it_is_whole(tmp_path, fmt):
+    members = {f"cityscapes_val/val{ab}/{i}_{ab}.jpg": _image_bytes(i) + bytes(700) for ab in "AB" for i in range(3)}
+    body = _zip(members) if fmt == "zip" else _tar(members)
+    whole = tmp_path / f"whole.{fmt}"
+    whole.write_bytes(body)
+    assert ds.archive_problem(whole) is None
+    # cut in the middle of a member, and (tar) exactly at a member boundary, where no read error shows it
+    cuts = [len(body) // 2]
+    if fmt == "tar":
+        with tarfile.open(whole) as tf:
+            last = tf.getmembers()[-1]
+        cuts.append(last.offset_data + -(-last.size // 512) * 512)  # after the last member, before the end blocks
+    for cut in cuts:
+        part = tmp_path / f"cut{cut}.{fmt}"
+        part.write_bytes(body[:cut])
+        assert ds.archive_problem(part), cut
+    if fmt == "zip":  # a flipped byte inside a member's data: only the zip's CRC can tell (a tar has none)
+        flipped = bytearray(body)
+        flipped[body.index(_image_bytes(1)) + 40] ^= 0xFF
+        (tmp_path / "flip.zip").write_bytes(bytes(flipped))
+        assert "CRC" in ds.archive_problem(tmp_path / "flip.zip")
+
+
+def test_without_hash_or_length_a_tar_cut_at_a_member_boundary_is_not_prepared(server, tmp_path):
+    members = {f"cityscapes_val/val{ab}/{i}_{ab}.jpg": _image_bytes(i) for ab in "AB" for i in range(2)}
+    body = _tar(members)
+    with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+        last = tf.getmembers()[-1]
+    cut = last.offset_data + -(-last.size // 512) * 512
+    entry = _entry("cityscapes_val_for_cut", server, body[:cut], "/CUT/datasets/cityscapes_val_for_CUT.tar",
+                   counts={"testA": 2, "testB": 2}, sha256=None)
+    server.no_length = True
+    with pytest.raises(DatasetError, match="not a good file|interrupted"):
+        ds.prepare(entry, tmp_path, progress=False)
+    assert not (tmp_path / "cityscapes_val_for_CUT.tar").exists()
+    assert _no_partial_left(tmp_path, "cityscapes_val_for_cut")
+
+
+PREPARE = """
+import dataclasses, json, sys
+from qsattn import datasets as ds
+spec = json.loads(sys.argv[1])
+real = ds.REGISTRY["horse2zebra"]
+source = dataclasses.replace(real.sources[0], url=spec["url"], size=spec["size"], sha256=spec["sha256"])
+entry = dataclasses.replace(real, sources=(source,), counts=spec["counts"])
+ds.prepare(entry, spec["root"], progress=False)
+"""
+
+
+def test_two_data_runs_at_once_the_second_waits_and_finds_it_ready(server, tmp_path):
+    body = _horse2zebra_zip()
+    server.files["/h2z.zip"] = body
+    server.delay = 0.05  # about 1 s for the whole archive: the second run starts while the first downloads
+    spec = json.dumps(dict(url=server.base + "/h2z.zip", size=len(body), sha256=hashlib.sha256(body).hexdigest(),
+                           counts=H2Z_COUNTS, root=str(tmp_path)))
+    run = [sys.executable, "-c", PREPARE, spec]
+    first = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not server.log and time.time() < deadline:  # the first is downloading
+        time.sleep(0.02)
+    second = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert "waiting for it to finish" in outs[1][1] and "already prepared" in outs[1][0]
+    assert len(server.log) == 1, "the second run downloaded nothing"
+    target = tmp_path / "horse2zebra"
+    assert {s: ds.count_images(target / s) for s in H2Z_COUNTS} == H2Z_COUNTS
+    assert not list(tmp_path.glob(".horse2zebra.partial-*"))
+
+
+def test_a_prepared_dataset_is_readable_by_the_group(server, tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for ab in "AB":
+            for i in range(2):
+                data = _image_bytes(i)
+                info = tarfile.TarInfo(f"cityscapes_val/val{ab}/{i}_{ab}.jpg")
+                info.size, info.mode = len(data), 0o600  # the archive's own modes: private
+                tf.addfile(info, io.BytesIO(data))
+    entry = _entry("cityscapes_val_for_cut", server, buf.getvalue(), "/CUT/datasets/cityscapes_val_for_CUT.tar",
+                   counts={"testA": 2, "testB": 2})
+    old = os.umask(0o022)
+    try:
+        target = ds.prepare(entry, tmp_path, progress=False)
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o755  # (mkdtemp made it 0700)
+    assert {p.stat().st_mode & 0o777 for p in target.rglob("*") if p.is_dir()} == {0o755}
+    assert {p.stat().st_mode & 0o777 for p in target.rglob("*") if p.is_file()} == {0o644}

@@ -91,24 +91,24 @@ def test_cells_per_gpu_is_validated_and_the_dry_run_shows_the_packing(tmp_path, 
 
 def test_a_packed_sweep_gives_the_unpacked_results_and_a_failing_cell_leaves_its_neighbours_finished(
         tmp_path, synthetic_root, capsys):
-    cells = ["--only", "name=cut-synthetic-s0|cut-missing-s0|fastcut-synthetic-s0"]
-    packed = grid_file(tmp_path / "packed", synthetic_root, ["cut", "fastcut"], datasets=("synthetic", "missing"),
-                       max_steps=2)
+    cells = ["--only", "name=cut-synthetic-s0|cut-broken-s0|fastcut-synthetic-s0"]
+    packed = grid_file(tmp_path / "packed", synthetic_root, ["cut", "fastcut"], datasets=("synthetic", "broken"),
+                       max_steps=2, eval_metrics="synthetic_gt")  # (the broken copy keeps its ground truth)
     out = sweep(packed, *cells, "--set", "cells_per_gpu=3")
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     assert out.stdout.count("started pack [") == 1, out.stdout
     assert "done    cut-synthetic-s0" in out.stdout and "done    fastcut-synthetic-s0" in out.stdout
-    assert "FAILED  cut-missing-s0: DataError" in out.stdout
+    assert "FAILED  cut-broken-s0: DataError" in out.stdout
 
     rows = status_rows(packed, capsys)
     good = [rows["cut-synthetic-s0"], rows["fastcut-synthetic-s0"]]
-    bad = rows["cut-missing-s0"]
+    bad = rows["cut-broken-s0"]
     assert [r["state"] for r in good] == ["done", "done"] and bad["state"] == "failed" and "DataError" in bad["error"]
-    assert rows["fastcut-missing-s0"]["state"] == "pending"
+    assert rows["fastcut-broken-s0"]["state"] == "pending"
     assert len({(r["job_id"], r["pack"]) for r in [*good, bad]}) == 1 and good[0]["pack"], "one job, one pack"
     for r in [*good, bad]:  # each cell its own log, records and (when it ran) MLflow run
         assert (Path(r["run_dir"]) / "sweep" / "log.txt").exists()
-    assert "does not exist" in (Path(bad["run_dir"]) / "sweep" / "log.txt").read_text()
+    assert "unreadable image" in (Path(bad["run_dir"]) / "sweep" / "log.txt").read_text()
     assert sorted(r.info.run_id for r in mlflow_runs(tmp_path / "packed")) == sorted(r["mlflow_run_id"] for r in good)
     capsys.readouterr()
     assert cli(["status", str(packed), "--no-mlflow"]) == 0
@@ -131,9 +131,9 @@ def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint
         tmp_path, synthetic_root, capsys):
     methods = {"cut": {"max_steps": 2}, "fastcut": {"max_steps": 40}}  # long enough to catch both mid-training
     steps = dict(n_epochs=5, checkpoint_every=2, log_every=2)
-    grid = grid_file(tmp_path / "packed", synthetic_root, methods, datasets=("synthetic", "missing"), seeds=(0, 1),
+    grid = grid_file(tmp_path / "packed", synthetic_root, methods, datasets=("synthetic", "broken"), seeds=(0, 1),
                      **steps)
-    only = ["--only", "name=cut-synthetic-s0|cut-missing-s0|fastcut-synthetic-s0|fastcut-synthetic-s1"]
+    only = ["--only", "name=cut-synthetic-s0|cut-broken-s0|fastcut-synthetic-s0|fastcut-synthetic-s1"]
     launcher = subprocess.Popen([sys.executable, "-m", "qsattn", "sweep", str(grid), *only, "--stage", "train",
                                  "--set", "cells_per_gpu=4"], cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -144,7 +144,7 @@ def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint
 
         wait_for(lambda: len(started_runs()) == 4, 180, "the four cells to start")
         runs = started_runs()
-        short, failing = runs["cut-synthetic-s0"], runs["cut-missing-s0"]
+        short, failing = runs["cut-synthetic-s0"], runs["cut-broken-s0"]
         long_ = [runs["fastcut-synthetic-s0"], runs["fastcut-synthetic-s1"]]
         wait_for(lambda: (short / "DONE").exists() and (failing / "sweep" / "failed.json").exists()
                  and all((r / "checkpoints" / "latest.pt").exists() for r in long_)
@@ -164,7 +164,7 @@ def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 1, out
-    assert out.count("done    ") == 3 and out.count("FAILED  cut-missing-s0: DataError") == 1, out
+    assert out.count("done    ") == 3 and out.count("FAILED  cut-broken-s0: DataError") == 1, out
 
     for run in long_:
         records = {p.stem: json.loads(p.read_text()) for p in (run / "sweep").glob("*.json")}

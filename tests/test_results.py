@@ -8,6 +8,7 @@ method that was not run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -56,7 +57,7 @@ def _png(path: Path, colour) -> None:
     Image.fromarray(np.full((32, 32, 3), colour, dtype=np.uint8)).save(path)
 
 
-def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: str) -> None:
+def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: str) -> Path:
     """One grid cell logged through the project's tracker, as train() and run_cell() log it."""
     import yaml
 
@@ -84,9 +85,9 @@ def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: 
         tracker.log_metrics(losses, step)
     if state == "failed":
         tracker.set_tags({"last_status": "FAILED"})  # train(): the run stays open for a resume
-        return
+        return run_dir
     if state == "running":
-        return
+        return run_dir  # running while the caller holds its run-folder lock, as a training process does
     tracker.finish("FINISHED")
     metric = _metric(dataset)
     last, best = last_value(method, dataset, seed), best_value(method, dataset, seed)
@@ -117,6 +118,7 @@ def store(tmp_path_factory):
     root = Path(tempfile.mkdtemp(prefix="qsattn-report-", dir=shm)) if shm.is_dir() and os.access(shm, os.W_OK) \
         else tmp_path_factory.mktemp("report")
     uri = f"sqlite:///{root / 'mlruns.db'}"
+    live = contextlib.ExitStack()
     for dataset in DATASETS:
         for i in range(5):
             _png(root / "datasets" / dataset / "testA" / f"img{i}.png", (200, 20 * i, 20))
@@ -125,10 +127,15 @@ def store(tmp_path_factory):
             for seed in SEEDS:
                 state = ("failed" if (method, dataset, seed) == FAILED else
                          "running" if (method, dataset, seed) == RUNNING else "finished")
-                log_cell(uri, root, method, dataset, seed, state)
+                run_dir = log_cell(uri, root, method, dataset, seed, state)
+                if state == "running":
+                    from qsattn.run_folder import locked
+
+                    live.enter_context(locked(run_dir))
     paper_csv = root / "paper.csv"
     paper_csv.write_text((ROOT / "results" / "paper_numbers.csv").read_text() + PAPER_EXTRA)
-    yield root, uri, paper_csv
+    with live:
+        yield root, uri, paper_csv
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -80,25 +80,29 @@ def squeue_state(job_id: str) -> str:
 
 
 def test_a_sweep_runs_as_one_job_array_and_status_reports_the_failed_cell(slurm_cluster, tmp_path, synthetic_root):
-    grid = make_grid(tmp_path, synthetic_root, methods=("cut", "fastcut"), datasets=("synthetic", "missing"),
+    grid = make_grid(tmp_path, synthetic_root, methods=("cut", "fastcut"), datasets=("synthetic", "broken"),
                      max_steps=2)
     out = qsattn("sweep", str(grid), "--only", "dataset=synthetic", "--only", "method=cut",
                  "--only", "method=fastcut", "--cluster", "slurm", "--profile", "local", "--stage", "train", "--wait",
                  cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    out_fail = qsattn("sweep", str(grid), "--only", "dataset=missing", "--only", "method=cut", "--cluster", "slurm",
+    out_fail = qsattn("sweep", str(grid), "--only", "dataset=broken", "--only", "method=cut", "--cluster", "slurm",
                       "--profile", "local", "--stage", "train", "--wait", cwd=tmp_path, timeout=600)
-    assert out_fail.returncode == 1 and "FAILED  cut-missing-s0" in out_fail.stdout, out_fail.stdout
+    assert out_fail.returncode == 1 and "FAILED  cut-broken-s0" in out_fail.stdout, out_fail.stdout
     rows = status(grid)
     good = [rows["cut-synthetic-s0"], rows["fastcut-synthetic-s0"]]
     assert [r["state"] for r in good] == ["trained", "trained"]
     array_ids = {r["job_id"].split("_")[0] for r in good}
     assert len(array_ids) == 1 and {r["job_id"].split("_")[1] for r in good} == {"0", "1"}, "one array"
     assert all(r["mlflow_run_id"] for r in good)
-    assert rows["cut-missing-s0"]["state"] == "failed" and rows["cut-missing-s0"]["error"]
-    assert rows["fastcut-missing-s0"]["state"] == "pending"
+    for r in good:  # the id status shows names the job's log, which the sweep printed
+        assert Path(r["log"]).is_file() and r["job_id"] in Path(r["log"]).name, r
+        assert f"as job {r['job_id']} (log {r['log']})" in out.stdout
+    assert not list((tmp_path / "runs" / "_submitit").glob("*%*")), "no folder named after an unformatted tag"
+    assert rows["cut-broken-s0"]["state"] == "failed" and rows["cut-broken-s0"]["error"]
+    assert rows["fastcut-broken-s0"]["state"] == "pending"
     text = qsattn("status", str(grid), "--no-mlflow").stdout
-    assert "failed cut-missing-s0:" in text and "2 trained" in text
+    assert "failed cut-broken-s0:" in text and "2 trained" in text
 
 
 def test_a_preempted_job_requeues_resumes_its_checkpoint_and_ends_with_the_uninterrupted_weights(

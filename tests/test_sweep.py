@@ -21,10 +21,16 @@ TINY = dict(device="cpu", deterministic=True, num_threads=1, ngf=8, ndf=8, netF_
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
+    """The synthetic set, and `broken`: the same with an unreadable image, a cell that fails once it runs
+    (the preflight checks folders and counts, not every image's bytes)."""
+    import shutil
+
     from qsattn.synthetic import generate
 
     root = tmp_path_factory.mktemp("data")
     generate(root / "synthetic", size=32, n_train=8, n_test=4, seed=0)
+    shutil.copytree(root / "synthetic", root / "broken")
+    (root / "broken" / "trainA" / "zz_unreadable.png").write_bytes(b"not an image")
     return root
 
 
@@ -33,7 +39,8 @@ def make_grid(folder: Path, data_root: Path, methods=("cut",), datasets=("synthe
     """A tiny grid on the synthetic set, all paths absolute so jobs may start anywhere."""
     folder.mkdir(parents=True, exist_ok=True)
     defaults = dict(TINY, run_root=str(folder / run_root), data_root=str(data_root),
-                    tracking_uri=f"sqlite:///{folder / 'mlruns.db'}", **overrides)
+                    tracking_uri=f"sqlite:///{folder / 'mlruns.db'}")
+    defaults.update(overrides)
     grid = {"name": "t", "defaults": defaults, "methods": list(methods), "datasets": list(datasets), "seeds": [0]}
     path = folder / "grid.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
@@ -140,16 +147,52 @@ def test_a_live_job_is_not_submitted_twice(tmp_path, synthetic_root, monkeypatch
     assert status_mod.cell_status(cells[1], {}).state == "interrupted"
 
 
-def test_the_local_executor_runs_cells_as_processes(tmp_path, synthetic_root):
+def test_the_local_executor_runs_cells_as_processes_whose_job_ids_name_their_logs(tmp_path, synthetic_root):
+    import re
+
     grid = make_grid(tmp_path, synthetic_root, methods=("cut", "fastcut"), max_steps=2)
     cmd = [sys.executable, "-m", "qsattn", "sweep", str(grid), "--cluster", "local", "--stage", "train",
-           "--max-parallel", "2"]
+           "--max-parallel", "2", "--progress-every", "0.1"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.count("started ") == 2 and out.stdout.count("done    ") == 2
+    # while it waited, the sweep showed the cells' progress, read from their progress.json
+    assert re.search(r"^\d\d:\d\d:\d\d (cut|fastcut)-synthetic-s0: (step \d/2|trained)", out.stdout, re.M), out.stdout
     status = subprocess.run([sys.executable, "-m", "qsattn", "status", str(grid), "--json", "--no-mlflow"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     rows = [json.loads(line) for line in status.stdout.splitlines()]
     assert [r["state"] for r in rows] == ["trained", "trained"]
-    records = [json.loads((Path(r["run_dir"]) / "sweep" / "started.json").read_text()) for r in rows]
-    assert all(str(rec["pid"]) == r["job_id"] for rec, r in zip(records, rows))
+    logs = tmp_path / "runs" / "_submitit"
+    for r in rows:
+        # the id shown is the one submitit names the job's files with (its controller's pid), and the
+        # sweep printed that id and that log
+        assert Path(r["log"]) == logs / f"{r['job_id']}_0_log.err" and Path(r["log"]).is_file()
+        assert f"(job {r['job_id']}, log {r['log']})" in out.stdout
+        started = json.loads((Path(r["run_dir"]) / "sweep" / "started.json").read_text())
+        assert started["job_id"] == r["job_id"]
+        assert json.loads((Path(r["run_dir"]) / "progress.json").read_text())["step"] == 2
+    assert not [p for p in logs.iterdir() if p.is_dir()], "no stray folder (submitit's literal %j)"
+
+
+def test_progress_json_is_what_status_and_the_waiting_sweep_show(tmp_path, synthetic_root, capsys):
+    from qsattn.run_folder import locked
+    from qsattn.train import write_progress
+    from slurm.grid import expand
+    from slurm.sweep import ProgressPrinter
+
+    grid = make_grid(tmp_path, synthetic_root)
+    (cell,) = expand(grid)
+    write_progress(cell.run_dir, 300, 1200, 0.25)  # as train() writes it at a log step
+    with locked(cell.run_dir):  # a live process trains it
+        rows = status_rows(grid, capsys)
+        assert cli(["status", str(grid), "--no-mlflow"]) == 0
+        table = capsys.readouterr().out
+        ProgressPrinter(every=1e-9).tick([cell])
+        line = capsys.readouterr().out
+    (row,) = rows.values()
+    assert (row["state"], row["step"], row["total_steps"], row["sec_per_step"]) == ("running", 300, 1200, 0.25)
+    assert row["eta_s"] == pytest.approx(900 * 0.25)
+    assert "300/1200" in table and "3m45s" in table  # 900 steps x 0.25 s
+    assert "estimate for 1 cells" in table and any(x.split()[:1] == ["method"] and x.split()[-1] == "left"
+                                                   for x in table.splitlines())
+    assert line.endswith("cut-synthetic-s0: step 300/1200 (25%), 0.25 s/step, ETA 3m45s\n")
