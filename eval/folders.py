@@ -77,3 +77,23 @@ def image_resolution(files: list[Path]) -> str:
             return "mixed"
     (w, h), = sizes
     return f"{w}x{h}"
+
+
+def check_known_counts(dataset: str, gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | None) -> None:
+    """Without --test-input: for a known dataset (qsattn.datasets.REGISTRY), the generated folder must hold
+    one image per test input (testA) and the reference folder the whole target split (testB)."""
+    from qsattn.datasets import REGISTRY
+
+    entry = REGISTRY.get(dataset)
+    if entry is None:
+        return
+    expected = {"generated": (gen_dir, entry.counts.get("testA")), "reference": (ref_dir, entry.counts.get("testB"))}
+    wrong = []
+    for what, (folder, n) in expected.items():
+        if folder is None or n is None:
+            continue
+        found = len(list_images(folder))
+        if found != n:
+            wrong.append(f"{what} {folder} holds {found} images, {dataset}'s test split has {n}")
+    if wrong:
+        raise EvalError("; ".join(wrong) + ". Score the whole split (or pass --test-input to match by file name).")
