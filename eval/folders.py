@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cleanfid.utils import EXTENSIONS
-
 from qsattn.errors import UserError
 
 
@@ -20,6 +18,8 @@ class EvalError(UserError, ValueError):
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """All images under `folder` (recursively, as clean-fid's folder mode does), sorted by path."""
+    from cleanfid.utils import EXTENSIONS   # (clean-fid imports torch: only when a folder is read)
+
     root = Path(folder)
     if not root.is_dir():
         raise EvalError(f"{root} is not a folder of images.")

@@ -120,18 +120,19 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
         metrics = {f"{k}_last": v for k, v in numbers(last["metrics"]).items()}
         metrics["final_epoch"] = last_epoch
         history = {last_epoch: last["metrics"]}
-        if cfg.eval_checkpoints == "all":
-            for ckpt in sorted((run.dir / "checkpoints").glob("epoch_*.pt")):
+        kept = sorted((run.dir / "checkpoints").glob("epoch_*.pt")) if cfg.eval_checkpoints == "all" else []
+        if kept:
+            for ckpt in kept:
                 epoch = int(ckpt.stem.split("_")[1])
                 if epoch == last_epoch:
                     continue  # written at the same point as the final checkpoint: the same generator
                 history[epoch] = evaluate_checkpoint(cfg, ckpt, run.dir / "translations" / ckpt.stem, device,
                                                      progress, **eval_options)["metrics"]
-        if len(history) > 1:
+        if kept:  # (a kept checkpoint of the final epoch is the final checkpoint: one candidate for both)
             metrics.update(select_best({e: numbers(m) for e, m in history.items()}))
         protocol = {**last["protocol"], "checkpoints": {
             "scored": cfg.eval_checkpoints, "epochs": sorted(history), "final_epoch": last_epoch,
-            "best": BEST_SELECTION if len(history) > 1 else "no epoch checkpoints scored"}}
+            "best": BEST_SELECTION if kept else "no epoch checkpoints scored"}}
         result = {"metrics": metrics, "protocol": protocol,
                   "history": {str(e): m for e, m in sorted(history.items())}}
 
