@@ -142,6 +142,9 @@ class Config:
     # --- speed (README, "Faster steps"): labelled identical | rounding | changes numerics -----------
     # Only "identical" options are on by default: GAN training amplifies rounding (a 1e-7 difference at
     # step 1 is O(1) in the losses by step 20). The maths-keeping ones are runtime keys.
+    key_reuse: str = _speed("auto", "key-side NCE features of real_A, real_B from G's forward pass instead of a "
+                            "second encoder pass: auto (where identical: CUT, FastCUT) | always (rounding with QS-Attn, "
+                            "whose keys carry gradients) | never", role="runtime", choices=("auto", "always", "never"))
     adam_impl: str = _speed("foreach", "Adam kernels: plain | foreach (identical) | fused (rounding)",
                             role="runtime", choices=("plain", "foreach", "fused"))
     compile: str = _speed("off", "torch.compile of the step's pieces: off | default | reduce-overhead (rounding)",
@@ -394,6 +397,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"qs_layers: {bad} are not positions in nce_layers {list(cfg.nce_layers)} (0..{n_layers - 1})")
     if cfg.local_window % 2 != 1:
         raise ConfigError(f"local_window must be an odd positive size, got {cfg.local_window}")
+    if cfg.key_reuse == "always" and cfg.normG == "batch":
+        raise ConfigError("key_reuse=always needs per-image normalisation in G (normG=instance or none): with "
+                          "normG=batch the forward's batch statistics differ from a key pass's; use key_reuse=auto")
     if cfg.n_epochs + cfg.n_epochs_decay == 0:
         raise ConfigError("n_epochs + n_epochs_decay must be at least 1")
     modes = fid_modes(cfg)
