@@ -139,7 +139,7 @@ class Config:
                                 role="runtime")
     experiment: str = _engine("qsattn", "MLflow experiment name", role="runtime")
 
-    # --- speed (README, "Faster steps"): labelled identical | rounding | changes numerics -----------
+    # --- speed (docs/performance.md): labelled identical | rounding | changes numerics ---------------------
     # Only "identical" options are on by default: GAN training amplifies rounding (a 1e-7 difference at
     # step 1 is O(1) in the losses by step 20). The maths-keeping ones are runtime keys.
     key_reuse: str = _speed("auto", "key-side NCE features of real_A, real_B from G's forward pass instead of a "
