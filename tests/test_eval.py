@@ -342,3 +342,13 @@ def test_score_cityscapes_pairs_files_and_records_the_segmenter(tmp_path):
     (tmp_path / "labels" / "lindau_000001_000019_gtFine_labelIds.png").unlink()
     with pytest.raises(EvalError, match="lindau_000001_000019"):
         score_cityscapes(tmp_path / "gen", tmp_path / "labels", tmp_path / "drn.pth", size=(64, 32), device="cpu")
+
+
+def test_gen_without_test_input_checks_the_known_split_sizes(folders, capsys):
+    """horse2zebra's test split is 120 horses and 140 zebras: 20 generated images are refused, naming both."""
+    from qsattn.cli import main
+
+    code = main(["eval", "--gen", str(folders / "gen"), "--ref", str(folders / "horse2zebra" / "testB"),
+                 "--dataset", "horse2zebra", "--cache-dir", str(folders / "cache"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds 20 images, horse2zebra's test split has 120" in err and "has 140" in err
