@@ -1,7 +1,8 @@
-"""Float32 error bounds for comparing against numbers another CPU produced (the parity fixtures).
+"""Float32 error bounds: how far any float32 evaluation of the official formula may be from the exact value.
 
-The fixtures hold the official code's float32 results from one machine. Another CPU (another ISA,
-another BLAS kernel, FMA or not) sums in another order and uses another exp/log, so its float32
+Used where numbers of another machine are compared (the parity fixtures in tests/, made on one CPU)
+and where only rounding is claimed (`qsattn parity` on the chunked path on CUDA). Another CPU (another
+ISA, another BLAS kernel, FMA or not) sums in another order and uses another exp/log, so its float32
 results differ by rounding, and near-tied entropies may sort differently. These helpers compute, in
 float64 from the same float32 inputs, the exact value and a bound on how far ANY float32 evaluation
 of the official formula may be from it; two machines then differ by at most twice the bound.
