@@ -42,6 +42,7 @@ def assert_grads_close(module, expected: dict):
         torch.testing.assert_close(p.grad / scale, expected[name] / scale, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.float_paths
 def test_generator_and_discriminator_match_official(common):
     cfg, state = state_from_fixture(common, "cut")
     fake = state.G(torch.cat([common["real_A"], common["real_B"]]))
@@ -58,6 +59,7 @@ def test_generator_and_discriminator_match_official(common):
     assert_grads_close(state.D, common["grads_D"])
 
 
+@pytest.mark.float_paths
 @pytest.mark.parametrize("case", list(CASES))
 def test_nce_losses_selection_and_gradients_match_official(common, case):
     fx = torch.load(FIXTURES / f"parity_{case}.pt", weights_only=True)

@@ -30,6 +30,7 @@ def features(B, C, side, kind, seed=0):
     return feat
 
 
+@pytest.mark.float_paths
 @pytest.mark.parametrize("kind", ["random", "saturated", "ties"])
 @pytest.mark.parametrize("B,C,side,chunk", SHAPES)
 def test_entropies_are_bitwise_naive(B, C, side, chunk, kind):
