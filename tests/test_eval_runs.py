@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def qsattn(*args, cwd):
     return subprocess.run([sys.executable, "-m", "qsattn", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
 
 class PooledProjection:
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     generate(root / "datasets" / "synthetic", size=32, n_train=6, n_test=3)
     values = {"data_root": str(root / "datasets"), "run_root": str(root / "runs"), "tracking_uri": "off",
               "ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32, "load_size": 32,
-              "n_epochs": 1, "n_epochs_decay": 1, "keep_epoch_checkpoints": 1, "sample_every": 0}
+              "n_epochs": 1, "n_epochs_decay": 1, "keep_epoch_checkpoints": 1, "sample_every": 0, "num_threads": 1}
     run_dir = train(resolve(values), progress=False)
     return root, values, run_dir
 
