@@ -200,8 +200,10 @@ def test_the_two_modes_give_different_numbers_on_the_same_folders(folders):
                                feature_extractor=fx, cache_dir=folders / "cache", device="cpu", extra={"num_workers": 0})
     clean, legacy = out["metrics"]["fid_standin_clean"], out["metrics"]["fid_standin_legacy_pytorch"]
     # 16x16 noise upsampled to 299 by PIL bicubic (which overshoots) vs torch bilinear, then 4x4-pooled: the
-    # pooled means agree, their spread does not; a relative gap above 1e-3 is far outside float round-off.
-    assert abs(clean - legacy) > 1e-3 * max(clean, legacy)
+    # pooled means nearly agree, their spread does not (measured: 6.806 vs 6.792, a 2e-3 relative gap). The
+    # same mode twice differs only by float32 round-off of the 8-d features (~1e-7 relative, ~1e-6 on the
+    # FID); 1e-4 is 100x above that and 20x below the gap.
+    assert abs(clean - legacy) > 1e-4 * max(clean, legacy)
     assert out["protocol"]["fid_kid_clean"]["resizer"].startswith("PIL bicubic")
     assert out["protocol"]["fid_kid_legacy_pytorch"]["resizer"].startswith("torch bilinear")
 
