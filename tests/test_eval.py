@@ -188,7 +188,8 @@ def test_without_weights_fid_fails_instead_of_falling_back(offline, folders, cap
     from qsattn.cli import main
 
     assert main(["eval", "--gen", str(folders / "gen"), "--ref", str(folders / "horse2zebra" / "testB"),
-                 "--mode", "legacy_pytorch", "--cache-dir", str(folders / "cache"), "--device", "cpu"]) == 2
+                 "--test-input", str(folders / "testA"), "--mode", "legacy_pytorch", "--cache-dir",
+                 str(folders / "cache"), "--device", "cpu"]) == 2
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
 
 
@@ -348,7 +349,8 @@ def test_gen_without_test_input_checks_the_known_split_sizes(folders, capsys):
     """horse2zebra's test split is 120 horses and 140 zebras: 20 generated images are refused, naming both."""
     from qsattn.cli import main
 
-    code = main(["eval", "--gen", str(folders / "gen"), "--ref", str(folders / "horse2zebra" / "testB"),
-                 "--dataset", "horse2zebra", "--cache-dir", str(folders / "cache"), "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code == 2 and "holds 20 images, horse2zebra's test split has 120" in err and "has 140" in err
+    for named in ([], ["--dataset", "horse2zebra"]):   # the folder above --ref, or the name given
+        code = main(["eval", "--gen", str(folders / "gen"), "--ref", str(folders / "horse2zebra" / "testB"), *named,
+                     "--cache-dir", str(folders / "cache"), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and "holds 20 images, horse2zebra's test split has 120" in err and "has 140" in err
