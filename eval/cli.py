@@ -13,7 +13,7 @@ clean-fid's files are fetched on first use; offline, download them elsewhere and
 --inception-weights clean=PATH,legacy_pytorch=PATH (or set QSATTN_INCEPTION_WEIGHTS to the same):
   clean           https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt
   legacy_pytorch  https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-legacy_pytorch is the protocol of the FIDs printed in the CUT / QS-Attn papers. DRN Cityscapes weights
+legacy_pytorch is the protocol of the CUT paper FIDs (and, as far as records show, QS-Attn's). DRN Cityscapes weights
 (drn_d_22_cityscapes.pth, drn-d-105_ms_cityscapes.pth): http://go.yf.io/drn-cityscapes-models (fyu/drn).
 """
 from __future__ import annotations
