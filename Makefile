@@ -121,3 +121,15 @@ slurm-down:
 	slurm/local-cluster.sh stop
 
 .PHONY: sweep slurm-up slurm-down
+
+# `make check-released`: the self-check. Scores the released CUT and FastCUT generators on Horse->Zebra and
+# Cat->Dog in both FID modes and compares each FID with its published reproduction
+# (results/released_model_fids.csv, clean-fid's leaderboard); fails where one differs by more than 0.02 or
+# cannot be scored. Needs the datasets (make data), checkpoints/released/ (make reproduce-table1 FROM=released
+# fetches it) and the Inception files; EVAL_ARGS passes more `qsattn eval` options (--inception-weights ...).
+EVAL_ARGS ?=
+check-released: $(STAMP)
+	$(PY) -m results.released --expect results/released_model_fids.csv --out results/out/released \
+		$(if $(EVAL_ARGS),-- $(EVAL_ARGS))
+
+.PHONY: check-released

@@ -363,15 +363,24 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+REAL_PHOTOS_ROW = "real photos (upper bound)"
+
+
 def load_released(folder: str | Path) -> pd.DataFrame:
     """The same frame from scored official released generators (<folder>/<NAME>.json, written by
     `python -m results.released`): one finished run per generator, seed 'released', values as `_last`."""
     from eval.released import RELEASED
 
+    from results.released import REAL_PHOTOS
+
     folder = Path(folder)
     rows = []
     for path in sorted(folder.glob("*.json")):
         entry = RELEASED.get(path.stem)
+        if path.stem == REAL_PHOTOS:  # the segmentation scores' upper bound: real photos against their labels
+            from eval.released import Released
+
+            entry = Released(REAL_PHOTOS, REAL_PHOTOS_ROW, "cityscapes", "the prepared Cityscapes testB photos")
         if entry is None:
             continue
         result = json.loads(path.read_text())

@@ -399,3 +399,18 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
     for stem in ("primary_metric", "loss_curves", "checkpoint_curves", "qualitative_synthetic"):
         assert (tmp_path / "report" / f"{stem}.png").stat().st_size > 20_000, stem
         assert (tmp_path / "report" / f"{stem}.pdf").stat().st_size > 2_000, stem
+
+
+def test_released_table_has_a_real_photos_row_for_the_segmentation_upper_bound(tmp_path):
+    from results.released import REAL_PHOTOS
+    from results.report import REAL_PHOTOS_ROW, load_paper, load_released, table1_numbers
+
+    (tmp_path / f"{REAL_PHOTOS}.json").write_text(json.dumps(
+        {"metrics": {"mAP": 62.1, "pixAcc": 90.2, "classAcc": 70.3},
+         "protocol": {"cityscapes_seg": {"segmenter": "drn_d_22"}}}))
+    (tmp_path / "cityscapes_cut_pretrained.json").write_text(json.dumps(
+        {"metrics": {"fid_legacy_pytorch": 56.4}, "protocol": {"cityscapes_seg": {"skipped": "no label maps"}}}))
+    df = load_released(tmp_path)
+    numbers = table1_numbers(df, load_paper())
+    assert _cell(numbers, REAL_PHOTOS_ROW, "cityscapes", "mAP", "last")["mean"] == 62.1
+    assert set(df.loc[df.method == REAL_PHOTOS_ROW, "drn_arch"]) == {"drn_d_22"}
