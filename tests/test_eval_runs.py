@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def qsattn(*args, cwd):
     return subprocess.run([sys.executable, "-m", "qsattn", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
 
 class PooledProjection:
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     generate(root / "datasets" / "synthetic", size=32, n_train=6, n_test=3)
     values = {"data_root": str(root / "datasets"), "run_root": str(root / "runs"), "tracking_uri": "off",
               "ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32, "load_size": 32,
-              "n_epochs": 1, "n_epochs_decay": 1, "keep_epoch_checkpoints": 1, "sample_every": 0}
+              "n_epochs": 1, "n_epochs_decay": 1, "keep_epoch_checkpoints": 1, "sample_every": 0, "num_threads": 1}
     run_dir = train(resolve(values), progress=False)
     return root, values, run_dir
 
@@ -179,6 +179,15 @@ def test_self_check_compares_each_published_fid_in_its_own_mode(tmp_path, capsys
     assert "not scored" in capsys.readouterr().out
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (no oversubscription of shared cores), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _random_legacy_inception(path: Path) -> None:
     """A pytorch-fid-layout Inception file with random weights (stand-in weights: not the published file)."""
     from cleanfid import inception_pytorch
@@ -193,7 +202,7 @@ def _random_legacy_inception(path: Path) -> None:
 
 
 @pytest.mark.slow  # a random-weight Inception is built and run on the CPU: minutes on 2 shared cores
-def test_the_released_model_self_check_end_to_end_with_stand_in_weights(tmp_path, monkeypatch, capsys):
+def test_the_released_model_self_check_end_to_end_with_stand_in_weights(tmp_path, monkeypatch, capsys, one_thread):
     """`eval --released NAME --expect CSV` on a tiny released-style checkpoint and a 3-image Horse->Zebra
     stand-in, through the real legacy_pytorch pipeline with random Inception weights pinned for the test:
     exit 1 when the published value is off by more than 0.02 (the result is still written), and the same
