@@ -1,7 +1,9 @@
 """Parity with the official code, through fixtures it produced (tests/fixtures/README.md).
 
-Same weights, inputs and random-layer indices: generator outputs, the QS selection, per-layer NCE
-losses, the D and G losses and every gradient must match the official code to float32 rounding.
+Same weights, inputs and random-layer indices: generator outputs, the QS selection (tie-aware, within
+the derived float32 bounds of qsattn/float_bounds.py), per-layer NCE losses, the D and G losses and the
+gradients of D and F match the fixture machine's to float32 rounding; the last test runs the official
+sampler here and requires bit-for-bit equality (docs/testing.md).
 """
 from pathlib import Path
 
@@ -93,7 +95,11 @@ def test_nce_losses_selection_and_gradients_match_official(common, case):
     for ours, ref in (("NCE", "loss_NCE"), ("NCE_Y", "loss_NCE_Y"), ("G_GAN", "loss_G_GAN"), ("G", "loss_G")):
         torch.testing.assert_close(losses[ours], fx[ref], rtol=1e-5, atol=1e-5, msg=ours)
     losses["G"].backward()
-    assert_grads_close(state.G, fx["grads_G"])
+    # G's gradients are not compared with the fixture machine's: the first conv's weight gradient sums
+    # ~10^4 products at the end of the whole backward, and on this machine ATEN_CPU_CAPABILITY=default
+    # alone moves it by 2.5e-5 of the largest gradient (global+local), with no bound below that
+    # derivable from the fixture. They are compared bit for bit with the official code run here by
+    # `python -m qsattn parity` (tests/test_parity_command.py, the real checkout).
     assert_grads_close(state.F, fx["grads_F"])
 
 
