@@ -73,7 +73,7 @@ def _key(text) -> str:
 
 def method_id(name: str) -> str:
     """A paper's method name (or one of our ids) -> our method id."""
-    from qsattn.methods import METHODS
+    from qsattn.presets import METHODS
 
     if name in METHODS:
         return name
@@ -364,7 +364,7 @@ def _order(values, preferred) -> list:
 
 
 def _method_order() -> list[str]:
-    from qsattn.methods import METHODS
+    from qsattn.presets import METHODS
 
     return list(METHODS)
 
