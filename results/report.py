@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from qsattn.errors import UserError
+from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
 
 HERE = Path(__file__).resolve().parent
 PAPER_CSV = HERE / "paper_numbers.csv"
@@ -51,13 +52,7 @@ DATASET_ALIASES = {"horse2zebra": "horse2zebra", "horsezebra": "horse2zebra", "c
 METRIC_ALIASES = {"fid": "fid", "kid": "kid", "map": "mAP", "pixacc": "pixAcc", "classacc": "classAcc",
                   "gtscore": "gt_score"}
 
-# The table's metrics per dataset (first match by name prefix), in column order.
-TABLE_METRICS = (("cityscapes", ("fid", "mAP", "pixAcc", "classAcc")), ("synthetic", ("gt_score",)), ("", ("fid",)))
-LOWER_IS_BETTER = {"fid", "kid", "fid_standin", "kid_standin", "background_l1", "gt_l1"}
-METRIC_LABELS = {"fid": "FID", "kid": "KID", "fid_standin": "FID (stand-in)", "mAP": "mAP", "pixAcc": "pixAcc",
-                 "classAcc": "classAcc", "gt_score": "GT score"}
 WHICH = ("last", "best")
-DATASET_ORDER = ("horse2zebra", "cat2dog", "cityscapes")
 OUTSIDE_MARK = "†"
 RUN_COLUMNS = ["sweep", "cell", "variant", "method", "dataset", "seed", "status", "status_detail", "run_id",
                "run_dir", "git_commit", "fid_mode", "drn_arch", "start_time"]
@@ -311,67 +306,7 @@ def load_released(folder: str | Path) -> pd.DataFrame:
     return df
 
 
-def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.DataFrame:
-    """Metric histories of the frame's runs, tidy: run_id, method, variant, dataset, seed, metric, step,
-    value. `keys`: metric names; `prefix`: every logged metric starting with it (e.g. 'checkpoint_').
-    From MLflow where the frame came from MLflow, else from the run folders' metrics.json."""
-    runs = df.drop_duplicates("run_id")
-    logged = df.groupby("run_id")["metric"].apply(lambda s: set(s.dropna()))
-    cols = ["run_id", "method", "variant", "dataset", "seed", "status", "metric", "step", "value"]
-    rows = []
-    client = None
-    if df.attrs.get("source") == "mlflow":
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=df.attrs["tracking_uri"])
-    for _, run in runs.iterrows():
-        names = [k for k in logged.get(run.run_id, set())
-                 if (keys and k in keys) or (prefix and k.startswith(prefix))]
-        ident = {c: run[c] for c in cols[:6]}
-        if client is not None:
-            for k in sorted(names):
-                rows += [dict(ident, metric=k, step=m.step, value=m.value) for m in client.get_metric_history(run.run_id, k)]
-        elif run.run_dir:
-            try:
-                history = json.loads((Path(run.run_dir) / "metrics.json").read_text()).get("history", {})
-            except (OSError, ValueError):
-                history = {}
-            for epoch, m in history.items():
-                rows += [dict(ident, metric=f"checkpoint_{k}", step=int(epoch), value=float(v)) for k, v in m.items()
-                         if f"checkpoint_{k}" in names and isinstance(v, (int, float))]
-    return pd.DataFrame(rows, columns=cols)
-
-
 # --- the table ------------------------------------------------------------------------------------------
-
-def table_metrics(dataset: str, df: pd.DataFrame | None = None, paper: pd.DataFrame | None = None) -> list[str]:
-    """The dataset's metrics in the table: its fixed list (FID; Cityscapes adds mAP, pixAcc, classAcc; the
-    synthetic set: gt_score), FID's stand-in where only that was logged, then any other metric the paper
-    reports for the dataset."""
-    metrics = list(next(m for prefix, m in TABLE_METRICS if dataset.startswith(prefix)))
-    if df is not None:
-        logged = set(df.loc[df["dataset"] == dataset, "metric"].dropna())
-        if "fid" in metrics and "fid_last" not in logged and "fid_standin_last" in logged:
-            metrics[metrics.index("fid")] = "fid_standin"
-    if paper is not None:
-        metrics += [m for m in paper.loc[paper["dataset"] == dataset, "metric"] if m not in metrics]
-    return metrics
-
-
-def _order(values, preferred) -> list:
-    values = list(dict.fromkeys(v for v in values if v is not None and v == v))
-    return [v for v in preferred if v in values] + sorted((v for v in values if v not in preferred), key=str)
-
-
-def _method_order() -> list[str]:
-    from qsattn.presets import METHODS
-
-    return list(METHODS)
-
-
-def row_label(method: str, variant: str = "") -> str:
-    return f"{method} [{variant}]" if variant else method
-
 
 def _seeds_text(seeds) -> str:
     seeds = sorted(seeds, key=str)
@@ -400,12 +335,12 @@ def table1_numbers(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Da
     paper), paper_outside_ci and note (why a value is missing, or which seeds are left out)."""
     paper = load_paper() if paper is None else paper
     runs = df.drop_duplicates("run_id")
-    datasets = _order(runs["dataset"], DATASET_ORDER)
+    datasets = in_order(runs["dataset"], DATASET_ORDER)
     keyed = df.dropna(subset=["metric"]).set_index(["run_id", "metric"])["value"]
     rows_methods = list(dict.fromkeys(zip(runs["method"], runs["variant"].fillna(""))))
     paper_here = paper[paper["dataset"].isin(datasets)]
     rows_methods += [(m, "") for m in paper_here["method"] if (m, "") not in rows_methods]
-    order = _method_order()
+    order = method_order()
     rows_methods.sort(key=lambda mv: (order.index(mv[0]) if mv[0] in order else len(order), mv[0], mv[1]))
     lookup = {(r.method, r.dataset, r.metric): r for r in paper.itertuples()}
     out = []

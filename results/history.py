@@ -1,0 +1,38 @@
+"""Metric histories of a sweep's runs (losses over steps, scores over epoch checkpoints), for the figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.DataFrame:
+    """Metric histories of the frame's runs, tidy: run_id, method, variant, dataset, seed, metric, step,
+    value. `keys`: metric names; `prefix`: every logged metric starting with it (e.g. 'checkpoint_').
+    From MLflow where the frame came from MLflow, else from the run folders' metrics.json."""
+    runs = df.drop_duplicates("run_id")
+    logged = df.groupby("run_id")["metric"].apply(lambda s: set(s.dropna()))
+    cols = ["run_id", "method", "variant", "dataset", "seed", "status", "metric", "step", "value"]
+    rows = []
+    client = None
+    if df.attrs.get("source") == "mlflow":
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=df.attrs["tracking_uri"])
+    for _, run in runs.iterrows():
+        names = [k for k in logged.get(run.run_id, set())
+                 if (keys and k in keys) or (prefix and k.startswith(prefix))]
+        ident = {c: run[c] for c in cols[:6]}
+        if client is not None:
+            for k in sorted(names):
+                rows += [dict(ident, metric=k, step=m.step, value=m.value) for m in client.get_metric_history(run.run_id, k)]
+        elif run.run_dir:
+            try:
+                history = json.loads((Path(run.run_dir) / "metrics.json").read_text()).get("history", {})
+            except (OSError, ValueError):
+                history = {}
+            for epoch, m in history.items():
+                rows += [dict(ident, metric=f"checkpoint_{k}", step=int(epoch), value=float(v)) for k, v in m.items()
+                         if f"checkpoint_{k}" in names and isinstance(v, (int, float))]
+    return pd.DataFrame(rows, columns=cols)
