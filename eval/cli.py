@@ -75,13 +75,14 @@ def _run_or_released(args: argparse.Namespace) -> dict:
 
     from qsattn.config import resolve
     from qsattn.pipeline import evaluate_checkpoint, evaluate_run
+    from qsattn.run_folder import RunFolder
 
     options = dict(cache_dir=args.cache_dir, label_ids=args.label_ids)
     overrides = {"fid_mode": args.mode, "drn_arch": args.drn_arch}
     overrides.update({k: v for k, v in (("inception_weights", args.inception_weights),
                                         ("drn_weights", args.drn_weights), ("device", args.device)) if v})
     if args.run:
-        config_file = Path(args.run) / "config.yaml"
+        config_file = RunFolder(args.run).config
         if not config_file.exists():
             raise EvalError(f"{config_file} not found: --run takes a run folder written by `python -m qsattn train`")
         values = yaml.safe_load(config_file.read_text())

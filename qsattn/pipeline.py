@@ -68,7 +68,7 @@ def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
     from qsattn.train import Run, train
 
     run = Run(cfg)
-    result_file = run.dir / "metrics.json"
+    result_file = run.metrics
     if result_file.exists() and run.done.exists():
         return json.loads(result_file.read_text())
     train(cfg, progress)
@@ -82,14 +82,14 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
     from qsattn.train import Run, pick_device
 
     run = Run(cfg)
-    result_file = run.dir / "metrics.json"
+    result_file = run.metrics
     if not run.latest.exists():
         raise FileNotFoundError(f"{run.latest} does not exist: train the run first (python -m qsattn train ...)")
     device = pick_device(cfg.device)
     last = evaluate_checkpoint(cfg, run.latest, run.dir / "translations" / "last", device, progress, **eval_options)
     metrics = {f"{k}_last": v for k, v in numbers(last["metrics"]).items()}
     history = {}
-    for ckpt in sorted((run.dir / "checkpoints").glob("epoch_*.pt")):
+    for ckpt in sorted(run.checkpoints.glob("epoch_*.pt")):
         epoch = int(ckpt.stem.split("_")[1])
         history[epoch] = evaluate_checkpoint(cfg, ckpt, run.dir / "translations" / ckpt.stem, device, progress,
                                              **eval_options)["metrics"]

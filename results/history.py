@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
+
+from qsattn.run_folder import RunFolder
 
 
 def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.DataFrame:
@@ -29,7 +30,7 @@ def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.D
                 rows += [dict(ident, metric=k, step=m.step, value=m.value) for m in client.get_metric_history(run.run_id, k)]
         elif run.run_dir:
             try:
-                history = json.loads((Path(run.run_dir) / "metrics.json").read_text()).get("history", {})
+                history = json.loads(RunFolder(run.run_dir).metrics.read_text()).get("history", {})
             except (OSError, ValueError):
                 history = {}
             for epoch, m in history.items():

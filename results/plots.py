@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qsattn.run_folder import RunFolder
 from results.history import load_history
 from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
 
@@ -206,7 +207,7 @@ def checkpoint_curves(df: pd.DataFrame, history: pd.DataFrame, out: Path) -> dic
 def _test_inputs(run_params: dict, data_root: str | None) -> Path | None:
     import yaml
 
-    cfg_file = Path(run_params["run_dir"]) / "config.yaml"
+    cfg_file = RunFolder(run_params["run_dir"]).config
     try:
         cfg = yaml.safe_load(cfg_file.read_text()) or {}
     except (OSError, ValueError):

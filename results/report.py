@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from qsattn.errors import UserError
+from qsattn.run_folder import RunFolder, read_records
 from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -118,16 +119,7 @@ def _variant(run_name: str, method: str, dataset: str, seed) -> str:
 
 def _records(run_dir: str | None) -> dict[str, dict]:
     """The sweep's job records (slurm/job.py: <run_dir>/sweep/<kind>.json), where the folder is readable."""
-    out = {}
-    if not run_dir:
-        return out
-    folder = Path(run_dir) / "sweep"
-    for kind in ("submitted", "started", "finished", "failed", "preempted"):
-        try:
-            out[kind] = json.loads((folder / f"{kind}.json").read_text())
-        except (OSError, ValueError):
-            pass
-    return out
+    return read_records(run_dir) if run_dir else {}
 
 
 def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: dict,
@@ -166,7 +158,7 @@ def _folder_state(run_dir: str, live: dict) -> str:
 def _is_orphan(run_id: str, run_dir: str) -> bool:
     """An MLflow run that is not the one its run folder logs to (a duplicate: the folder names another)."""
     try:
-        return (Path(run_dir) / "mlflow_run_id").read_text().strip() not in ("", run_id)
+        return RunFolder(run_dir).mlflow_run_id.read_text().strip() not in ("", run_id)
     except OSError:
         return False
 
@@ -242,7 +234,7 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
         run_dir = cfg_file.parent
         cfg = yaml.safe_load(cfg_file.read_text()) or {}
         try:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics = json.loads(RunFolder(run_dir).metrics.read_text())
         except (OSError, ValueError):
             metrics = {}
         evaluated = bool(metrics.get("metrics"))
@@ -255,7 +247,7 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
         elif _folder_state(str(run_dir), live) == "running":
             status, why = "running", "training (no job records)"
         else:
-            status, why = "interrupted", ("trained, evaluation not finished" if (run_dir / "DONE").exists()
+            status, why = "interrupted", ("trained, evaluation not finished" if RunFolder(run_dir).done.exists()
                                           else "stopped without a result (no job records)")
         protocol = metrics.get("protocol", {})
         base = dict(sweep=cfg.get("experiment", runs_dir.name), cell=run_dir.name,
