@@ -6,6 +6,7 @@ import json
 import pandas as pd
 
 from qsattn.run_folder import RunFolder
+from results.naming import with_mode
 
 
 def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.DataFrame:
@@ -26,14 +27,19 @@ def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.D
                  if (keys and k in keys) or (prefix and k.startswith(prefix))]
         ident = {c: run[c] for c in cols[:6]}
         if client is not None:
+            logged_as = {with_mode(k, run.get("fid_mode", "")): k for k in client.get_run(run.run_id).data.metrics} \
+                if run.get("fid_mode") else {}
             for k in sorted(names):
-                rows += [dict(ident, metric=k, step=m.step, value=m.value) for m in client.get_metric_history(run.run_id, k)]
+                rows += [dict(ident, metric=k, step=m.step, value=m.value)
+                         for m in client.get_metric_history(run.run_id, logged_as.get(k, k))]
         elif run.run_dir:
             try:
                 history = json.loads(RunFolder(run.run_dir).metrics.read_text()).get("history", {})
             except (OSError, ValueError):
                 history = {}
+            mode = run.get("fid_mode", "")
             for epoch, m in history.items():
-                rows += [dict(ident, metric=f"checkpoint_{k}", step=int(epoch), value=float(v)) for k, v in m.items()
-                         if f"checkpoint_{k}" in names and isinstance(v, (int, float))]
+                rows += [dict(ident, metric=with_mode(f"checkpoint_{k}", mode), step=int(epoch), value=float(v))
+                         for k, v in m.items()
+                         if with_mode(f"checkpoint_{k}", mode) in names and isinstance(v, (int, float))]
     return pd.DataFrame(rows, columns=cols)
