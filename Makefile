@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The default suite (under 15 minutes on 2 CPU cores). Slow tests: `make test-all`.
+# The default suite (under 15 minutes on 2 CPU cores), then its float_paths tests again on another float
+# path (ATEN_CPU_CAPABILITY=default: ATen's non-vectorised kernels), so that no test holds only for this
+# CPU's rounding (docs/testing.md). Slow tests: `make test-all`.
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "float_paths and not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -34,17 +37,29 @@ demo: $(STAMP)
 	@$(PY) -m qsattn synthetic --out datasets/synthetic --size 32 --score datasets/synthetic/testA
 	@echo "Runs: make mlflow-ui (experiment 'demo'); report: results/out/demo/table1.md and its plots."
 
+# This project against the official code, run here (docs/faithfulness.md): `make parity OFFICIAL=PATH/query-selected-attention
+# CUT=PATH/contrastive-unpaired-translation [PARITY_ARGS="--device cuda"]`. Prints one table, every row PASS.
+OFFICIAL ?= .cache/official-qsattn
+CUT ?= .cache/official-cut
+PARITY_ARGS ?=
+parity: $(STAMP)
+	$(PY) -m qsattn parity --official $(OFFICIAL) $(if $(CUT),--cut $(CUT)) $(PARITY_ARGS)
+
+.PHONY: parity
+
 # Download, verify and prepare a dataset: `make data DATASET=horse2zebra` (see `python -m qsattn data --list`).
 DATASET ?= horse2zebra
 data: $(STAMP)
 	$(PY) -m qsattn data $(DATASET)
 
-# Time and peak memory of training steps and of the QS sampler, naive vs chunked (README, "Performance").
+# Time and peak memory of training steps (key_reuse never and always) and of the QS sampler, naive vs
+# chunked, in interleaved repeats (medians), and the local steps' top ops (docs/performance.md).
 # On a GPU: `make bench BENCH_ARGS="--device cuda --sizes 256,512 --dtype fp32,bf16"`.
-BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 --steps 5 --warmup 2 --impl naive,chunked --device auto
+BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 --steps 3 --warmup 1 \
+	--impl naive,chunked --key-reuse never,always --repeat 3 --profile --device auto
 # Then the speed options (config "speed" keys), each alone and together against the plain step, labelled
-# identical / rounding / changes numerics, and the data loader alone against the step (README, "Faster
-# steps"). compile=* cases spend minutes compiling on a CPU. Packing several cells per GPU:
+# identical / rounding / changes numerics, and the data loader alone against the step (docs/performance.md,
+# "Faster steps"). compile=* cases spend minutes compiling on a CPU. Packing several cells per GPU:
 # `make bench BENCH_SPEED_ARGS="--tables packing --cells 1,2,4,8 --sizes 256 --device cuda"`.
 BENCH_SPEED_ARGS ?= --tables options,loader --methods cut,qsattn-global --sizes 128 --steps 5 --warmup 2 --device auto
 bench: $(STAMP)
@@ -119,3 +134,15 @@ slurm-down:
 	slurm/local-cluster.sh stop
 
 .PHONY: sweep slurm-up slurm-down
+
+# `make check-released`: the self-check. Scores the released CUT and FastCUT generators on Horse->Zebra and
+# Cat->Dog in both FID modes and compares each FID with its published reproduction
+# (results/released_model_fids.csv, clean-fid's leaderboard); fails where one differs by more than 0.02 or
+# cannot be scored. Needs the datasets (make data), checkpoints/released/ (make reproduce-table1 FROM=released
+# fetches it) and the Inception files; EVAL_ARGS passes more `qsattn eval` options (--inception-weights ...).
+EVAL_ARGS ?=
+check-released: $(STAMP)
+	$(PY) -m results.released --expect results/released_model_fids.csv --out results/out/released \
+		$(if $(EVAL_ARGS),-- $(EVAL_ARGS))
+
+.PHONY: check-released

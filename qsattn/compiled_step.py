@@ -1,4 +1,4 @@
-"""`compile`: torch.compile of the training step's three pieces (README, "Faster steps").
+"""`compile`: torch.compile of the training step's three pieces (docs/performance.md, "Faster steps").
 
 Kept apart from qsattn/model.py, which stays the readable reference step: this is only how the same
 step runs with fewer kernel launches (CUDA graphs with mode=reduce-overhead).

@@ -34,6 +34,7 @@ import pandas as pd
 
 from qsattn.errors import UserError
 from qsattn.run_folder import RunFolder, read_records
+from results.references import REFERENCE_LABELS, synthetic_references
 from results.naming import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, dataset_id, in_order, method_id,
                             method_order, metric_id, row_label, table_metrics, with_mode)
 
@@ -284,15 +285,24 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+REAL_PHOTOS_ROW = "real photos (upper bound)"
+
+
 def load_released(folder: str | Path) -> pd.DataFrame:
     """The same frame from scored official released generators (<folder>/<NAME>.json, written by
     `python -m results.released`): one finished run per generator, seed 'released', values as `_last`."""
     from eval.released import RELEASED
 
+    from results.released import REAL_PHOTOS
+
     folder = Path(folder)
     rows = []
     for path in sorted(folder.glob("*.json")):
         entry = RELEASED.get(path.stem)
+        if path.stem == REAL_PHOTOS:  # the segmentation scores' upper bound: real photos against their labels
+            from eval.released import Released
+
+            entry = Released(REAL_PHOTOS, REAL_PHOTOS_ROW, "cityscapes", "the prepared Cityscapes testB photos")
         if entry is None:
             continue
         result = json.loads(path.read_text())
@@ -427,6 +437,8 @@ def format_cell(r, latex: bool = False) -> str:
     if r.n == 0:
         return f"\\textit{{{_tex(r.note)}}}" if latex else (r.note or "no value")
     d = _digits(r.mean, r.paper)
+    if getattr(r, "reference", False) == True:  # noqa: E712 (numpy and pandas booleans too)
+        return f"{r.mean:.{d}f} ({_tex(r.note) if latex else r.note})"
     pm = " $\\pm$ " if latex else " ± "
     text = f"{r.mean:.{d}f}"
     if r.n == 1:
@@ -482,6 +494,23 @@ def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None, numbers: pd.Data
     table = pd.DataFrame([[cells.get((m, c), "") for c in cols] for m in rows], index=pd.Index(rows, name="method"),
                          columns=pd.MultiIndex.from_tuples(cols, names=["dataset", "metric", "value"]))
     return table
+
+
+# --- the synthetic set's references: the scores a translation must beat -----------------------------------
+
+def reference_numbers(references: dict[str, dict[str, dict]]) -> pd.DataFrame:
+    """The references as rows of `table1_numbers` (reference=True; the same value as last and best)."""
+    rows = []
+    for dataset, refs in references.items():
+        for name, scores in refs.items():
+            for metric in table_metrics(dataset):
+                for which in WHICH:
+                    rows.append(dict(method=REFERENCE_LABELS[name], dataset=dataset, metric=metric, which=which, n=1,
+                                     mean=scores[metric], std=np.nan, ci_low=np.nan, ci_high=np.nan, seeds="",
+                                     paper=np.nan, paper_source="", diff=np.nan, paper_outside_ci=False,
+                                     note="not trained: the score to beat", lower_is_better=metric in LOWER_IS_BETTER,
+                                     reference=True))
+    return pd.DataFrame(rows)
 
 
 # --- writers --------------------------------------------------------------------------------------------
@@ -570,10 +599,15 @@ def to_latex(numbers: pd.DataFrame, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_tables(df: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str) -> dict[str, Path]:
-    """table1.md, table1.csv (the text table), table1_numbers.csv (the numbers), table1.tex, runs.csv."""
+def write_tables(df: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str,
+                 data_root: str | None = None) -> dict[str, Path]:
+    """table1.md, table1.csv (the text table), table1_numbers.csv (the numbers), table1.tex, runs.csv.
+    A synthetic dataset's table also has the references' rows (`synthetic_references`)."""
     out.mkdir(parents=True, exist_ok=True)
-    numbers = table1_numbers(df, paper)
+    numbers = table1_numbers(df, paper).assign(reference=False)
+    references = reference_numbers(synthetic_references(df, data_root))
+    if not references.empty:
+        numbers = pd.concat([numbers, references], ignore_index=True)
     table = table1(df, paper, numbers)
     paths = {"md": out / "table1.md", "csv": out / "table1.csv", "numbers": out / "table1_numbers.csv",
              "tex": out / "table1.tex", "runs": out / "runs.csv"}
@@ -594,7 +628,7 @@ def write_report(df: pd.DataFrame, paper: pd.DataFrame | None = None, out: str |
     experiment = df.attrs.get("experiment") or "report"
     out = Path(out) if out else DEFAULT_OUT / str(experiment)
     title = f"Table 1 — sweep '{experiment}'"
-    paths = write_tables(df, paper, out, title)
+    paths = write_tables(df, paper, out, title, data_root)
     if plots:
         from results.plots import make_plots
 
