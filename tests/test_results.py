@@ -389,6 +389,13 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
             row = _cell(numbers, run.data.tags["method"], "synthetic", "gt_score", which)
             assert row.n == 1 and row["mean"] == pytest.approx(run.data.metrics[f"gt_score_{which}"])
     assert (load_runs(uri, grid["defaults"]["experiment"]).drop_duplicates("run_id")["status"] == "finished").all()
+    from qsattn.synthetic import reference_scores  # the scores to beat, rows of the table (docs/demo.md)
+    from results.report import REFERENCE_LABELS
+
+    for name, scores in reference_scores(tmp_path / "datasets" / "synthetic").items():
+        assert _cell(numbers, REFERENCE_LABELS[name], "synthetic", "gt_score", "last")["mean"] == pytest.approx(
+            scores["gt_score"])
+        assert REFERENCE_LABELS[name] in printed
     for stem in ("primary_metric", "loss_curves", "checkpoint_curves", "qualitative_synthetic"):
         assert (tmp_path / "report" / f"{stem}.png").stat().st_size > 20_000, stem
         assert (tmp_path / "report" / f"{stem}.pdf").stat().st_size > 2_000, stem
