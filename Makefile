@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The default suite (under 15 minutes on 2 CPU cores). Slow tests: `make test-all`.
+# The default suite (under 15 minutes on 2 CPU cores), then its float_paths tests again on another float
+# path (ATEN_CPU_CAPABILITY=default: ATen's non-vectorised kernels), so that no test holds only for this
+# CPU's rounding (docs/testing.md). Slow tests: `make test-all`.
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "float_paths and not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -32,6 +35,16 @@ demo: $(STAMP)
 	$(PY) -m qsattn sweep experiments/demo.yaml --cluster local --max-parallel 3
 	$(PY) -m qsattn report --experiment demo --out results/out/demo
 	@echo "Runs: make mlflow-ui (experiment 'demo'); report: results/out/demo/table1.md and its plots."
+
+# This project against the official code, run here (docs/faithfulness.md): `make parity OFFICIAL=PATH/query-selected-attention
+# CUT=PATH/contrastive-unpaired-translation [PARITY_ARGS="--device cuda"]`. Prints one table, every row PASS.
+OFFICIAL ?= .cache/official-qsattn
+CUT ?= .cache/official-cut
+PARITY_ARGS ?=
+parity: $(STAMP)
+	$(PY) -m qsattn parity --official $(OFFICIAL) $(if $(CUT),--cut $(CUT)) $(PARITY_ARGS)
+
+.PHONY: parity
 
 # Download, verify and prepare a dataset: `make data DATASET=horse2zebra` (see `python -m qsattn data --list`).
 DATASET ?= horse2zebra

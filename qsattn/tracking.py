@@ -163,7 +163,9 @@ def open_tracker(cfg, run_dir: Path, tags: dict) -> NullTracker | MlflowTracker:
     """The run's tracker; reuses the MLflow run recorded in run_dir, so a resumed run continues it."""
     if cfg.tracking_uri == "off":
         return NullTracker()
-    id_file = run_dir / "mlflow_run_id"
+    from qsattn.run_folder import RunFolder
+
+    id_file = RunFolder(run_dir).mlflow_run_id
     run_id = id_file.read_text().strip() if id_file.exists() else ""
     tracker = MlflowTracker(resolve_uri(cfg.tracking_uri), cfg.experiment, cfg.run_name(), run_id, tags)
     if not run_id:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from qsattn.run_folder import RunFolder
 from slurm.grid import Cell, GridError, expand, select
 
 PROFILE_DIR = Path(__file__).resolve().parent
@@ -319,7 +320,7 @@ class ProgressPrinter:
             return
         self.last = time.time()
         for cell in cells:
-            text = progress_text(read_progress(cell.run_dir), trained=(cell.run_dir / "DONE").exists())
+            text = progress_text(read_progress(cell.run_dir), trained=RunFolder(cell.run_dir).done.exists())
             if text and self.shown.get(cell.name) != text:
                 print(f"{time.strftime('%H:%M:%S')} {cell.name}: {text}", flush=True)
                 self.shown[cell.name] = text
@@ -434,7 +435,10 @@ def run(args) -> int:
         print(f"skip    {name}: {why}")
     print(f"{len(cells)} cells, {len(todo)} to run on {args.cluster}"
           + (f" (profile {profile_name})" if profile_name else ""))
-    if todo:
+    if todo and args.stage == "eval":  # no training: the bill (training GPU-hours, checkpoints) does not apply
+        print(f"stage eval: {len(todo)} trained cells re-scored under the grid's evaluation keys, nothing trained",
+              flush=True)
+    elif todo:
         print(bill(todo, args.cluster, profile)[0], flush=True)
     blocked = cpu_gate(todo, args, lay)
     if args.estimate:
