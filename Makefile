@@ -39,12 +39,14 @@ DATASET ?= horse2zebra
 data: $(STAMP)
 	$(PY) -m qsattn data $(DATASET)
 
-# Time and peak memory of training steps and of the QS sampler, naive vs chunked (README, "Performance").
+# Time and peak memory of training steps (key_reuse never and always) and of the QS sampler, naive vs
+# chunked, in interleaved repeats (medians), and the local steps' top ops (docs/performance.md).
 # On a GPU: `make bench BENCH_ARGS="--device cuda --sizes 256,512 --dtype fp32,bf16"`.
-BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 --steps 5 --warmup 2 --impl naive,chunked --device auto
+BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 --steps 3 --warmup 1 \
+	--impl naive,chunked --key-reuse never,always --repeat 3 --profile --device auto
 # Then the speed options (config "speed" keys), each alone and together against the plain step, labelled
-# identical / rounding / changes numerics, and the data loader alone against the step (README, "Faster
-# steps"). compile=* cases spend minutes compiling on a CPU. Packing several cells per GPU:
+# identical / rounding / changes numerics, and the data loader alone against the step (docs/performance.md,
+# "Faster steps"). compile=* cases spend minutes compiling on a CPU. Packing several cells per GPU:
 # `make bench BENCH_SPEED_ARGS="--tables packing --cells 1,2,4,8 --sizes 256 --device cuda"`.
 BENCH_SPEED_ARGS ?= --tables options,loader --methods cut,qsattn-global --sizes 128 --steps 5 --warmup 2 --device auto
 bench: $(STAMP)

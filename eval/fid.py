@@ -11,7 +11,10 @@ Images go through clean-fid's own pipeline (`cleanfid.fid.get_files_features`: i
 its batching), so the only thing we choose is the extractor. Reference features are cached once per
 split on disk (see `reference_cache_name`). Without Inception weights we stop with an error that
 names the file; a stand-in extractor is used only when passed explicitly and is then labelled
-`fid_standin` everywhere, never `fid`.
+`fid_standin` everywhere, never `fid`. Every value carries its mode in its name (`fid_clean`,
+`kid_legacy_pytorch`, `fid_standin_clean`): numbers of two protocols are never mixed up.
+
+Both weight files are pinned by their full sha256 (`PINNED_SHA256`); any other file is refused.
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import contextlib
 import importlib.metadata
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,9 +32,43 @@ import torch
 from eval.folders import EvalError, check_coverage, image_resolution, list_images, sha256_file
 from eval.frechet import feature_statistics, frechet_distance, kernel_inception_distance
 
-MODES = ("clean", "legacy_pytorch")
+from eval.weights import INCEPTION_SHA256
+from qsattn.config import FID_MODES as MODES
+
 WEIGHTS_ENV = "QSATTN_INCEPTION_WEIGHTS"
 DEFAULT_CACHE_DIR = Path(os.environ.get("QSATTN_EVAL_CACHE", Path.home() / ".cache" / "qsattn" / "eval"))
+
+
+# The full sha256 of each mode's weights file, and where it is published: eval/weights.py.
+PINNED_SHA256 = INCEPTION_SHA256
+
+
+def check_pinned(mode: str, path: Path, sha: str) -> None:
+    """EvalError unless `path` is the published weights file of `mode` (never a warning: FID from other
+    weights is another number under the same name)."""
+    spec = INCEPTION[mode]
+    if sha != PINNED_SHA256[mode]:
+        raise EvalError(f"{path} is not the Inception file of FID mode '{mode}': its sha256 is {sha}, expected "
+                        f"{PINNED_SHA256[mode]} ({spec.file_name} from {spec.url}). Download that file again.")
+
+
+def weights_for_mode(mode: str, given: str | os.PathLike | None) -> str | None:
+    """The path for `mode` out of an `inception_weights` value: 'MODE=PATH,MODE=PATH', or a bare PATH
+    (accepted for any mode: the pinned hash then says whether it is the right file)."""
+    if not given:
+        return None
+    entries = [e.strip() for e in str(given).split(",") if e.strip()]
+    named = dict(e.split("=", 1) for e in entries if "=" in e and e.split("=", 1)[0] in MODES)
+    if named:
+        unnamed = [e for e in entries if not ("=" in e and e.split("=", 1)[0] in MODES)]
+        if unnamed:
+            raise EvalError(f"inception weights {given!r}: write every entry as MODE=PATH "
+                            f"(modes: {', '.join(MODES)}); {unnamed[0]!r} names no mode.")
+        return named.get(mode)
+    if len(entries) > 1:
+        raise EvalError(f"inception weights {given!r}: several paths need their modes, e.g. "
+                        f"clean=PATH,legacy_pytorch=PATH.")
+    return entries[0]
 
 
 @dataclass(frozen=True)
@@ -68,9 +104,9 @@ def resolve_inception_weights(mode: str, inception_path: str | os.PathLike | Non
     FID from other weights is not FID, so there is no fallback.
     """
     spec = INCEPTION[mode]
-    how = (f"Download {spec.url} on a machine with internet and pass it with --inception-weights PATH "
-           f"(or set {WEIGHTS_ENV}=PATH), or put it at {Path(spec.default_dir()) / spec.file_name}.")
-    given = inception_path or os.environ.get(WEIGHTS_ENV)
+    how = (f"Download {spec.url} on a machine with internet and pass it with --inception-weights {mode}=PATH "
+           f"(or set {WEIGHTS_ENV}={mode}=PATH), or put it at {Path(spec.default_dir()) / spec.file_name}.")
+    given = weights_for_mode(mode, inception_path) or weights_for_mode(mode, os.environ.get(WEIGHTS_ENV))
     if given:
         if not Path(given).is_file():
             raise EvalError(f"Inception weights {given} do not exist. FID mode '{mode}' needs "
@@ -114,7 +150,10 @@ def load_inception(mode: str, weights_path: Path, device: torch.device,
     from cleanfid.inception_pytorch import InceptionV3
     from cleanfid.inception_torchscript import InceptionV3W
 
+    if mode not in MODES:
+        raise EvalError(f"unknown FID mode '{mode}'; choose one of {', '.join(MODES)}.")
     sha = sha256_file(weights_path)
+    check_pinned(mode, weights_path, sha)
     spec = INCEPTION[mode]
     if mode == "clean":
         # InceptionV3W takes a folder holding the canonical file name; link a differently named file.
@@ -128,19 +167,13 @@ def load_inception(mode: str, weights_path: Path, device: torch.device,
         net = InceptionV3W(str(folder), download=False, resize_inside=False).to(device).eval()
         fn = net
         name = "inception_v3:torchscript"
-    elif mode == "legacy_pytorch":
-        expected = spec.file_name.rsplit("-", 1)[-1].split(".")[0]   # torch.hub names carry a sha256 prefix
-        if not sha.startswith(expected):
-            warnings.warn(f"{weights_path} has sha256 {sha[:12]}..., not the {expected}... its name "
-                          f"promises; FID from it will not match pytorch-fid.")
+    else:
         with _state_dict_from_file(weights_path):
             net = InceptionV3(output_blocks=[3], resize_input=False).to(device).eval()
 
         def fn(x):   # clean-fid's legacy_pytorch extractor: inputs in [0,1], pooled 2048-d features
             return net(x / 255)[0].squeeze(-1).squeeze(-1)
         name = "inception_v3:pytorch_fid"
-    else:
-        raise EvalError(f"unknown FID mode '{mode}'; choose one of {', '.join(MODES)}.")
     return Extractor(name, fn, str(weights_path), sha)
 
 
@@ -150,7 +183,8 @@ def _state_dict_from_file(path: Path):
     from cleanfid import inception_pytorch
 
     original = inception_pytorch.load_state_dict_from_url
-    inception_pytorch.load_state_dict_from_url = lambda *a, **k: torch.load(path, map_location="cpu")
+    inception_pytorch.load_state_dict_from_url = lambda *a, **k: torch.load(path, map_location="cpu",
+                                                                                     weights_only=True)
     try:
         yield
     finally:
@@ -167,6 +201,11 @@ def standin_extractor(feature_extractor: Callable) -> Extractor:
     name = getattr(feature_extractor, "name", None) or getattr(feature_extractor, "__name__", None) \
         or type(feature_extractor).__name__
     return Extractor(f"custom:{name}", feature_extractor, None, getattr(feature_extractor, "fingerprint", None))
+
+
+# What clean-fid's build_resizer(mode) does before the network (cleanfid/resize.py), for the protocol record.
+RESIZERS = {"clean": "PIL bicubic to 299x299, float (no quantisation)",
+            "legacy_pytorch": "torch bilinear to 299x299 (F.interpolate, align_corners=False)"}
 
 
 def compute_features(files: list[Path], extractor: Extractor, mode: str, device: torch.device,
@@ -271,8 +310,8 @@ def compute_fid_kid(gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | Non
     """FID and KID of `gen_dir` against the reference split `ref_dir` (or its cached `ref_stats` file).
 
     `test_input_dir`: the source test split; when given, `gen_dir` must hold one translation per
-    image (see `check_coverage`). Returns {'metric_name', 'fid', 'kid', 'protocol'}; with a
-    `feature_extractor` the keys are 'fid_standin' / 'kid_standin' instead.
+    image (see `check_coverage`). Returns {'metric_name', 'fid_<mode>', 'kid_<mode>', 'protocol'}; with a
+    `feature_extractor` the keys are 'fid_standin_<mode>' / 'kid_standin_<mode>' instead.
     """
     if mode not in MODES:
         raise EvalError(f"unknown FID mode '{mode}'; choose one of {', '.join(MODES)}.")
@@ -297,9 +336,10 @@ def compute_fid_kid(gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | Non
     fid = frechet_distance(*feature_statistics(gen_feats), *feature_statistics(ref_feats))
     kid = kernel_inception_distance(gen_feats, ref_feats, num_subsets=kid_subsets,
                                     max_subset_size=kid_subset_size, seed=seed)
-    suffix = "_standin" if extractor.standin else ""
+    suffix = ("_standin" if extractor.standin else "") + f"_{mode}"
     protocol = {
-        "metric_name": "fid" + suffix, "mode": mode, "n_generated": len(gen_files),
+        "metric_name": "fid" + suffix, "mode": mode, "resizer": RESIZERS[mode], "pinned_sha256": (
+            None if extractor.standin else PINNED_SHA256[mode]), "n_generated": len(gen_files),
         "generated_dir": str(gen_dir), "generated_resolution": image_resolution(gen_files),
         "coverage_checked_against": str(test_input_dir) if test_input_dir is not None else None,
         **ref_info,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cleanfid.utils import EXTENSIONS
-
 from qsattn.errors import UserError
 
 
@@ -20,6 +18,8 @@ class EvalError(UserError, ValueError):
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """All images under `folder` (recursively, as clean-fid's folder mode does), sorted by path."""
+    from cleanfid.utils import EXTENSIONS   # (clean-fid imports torch: only when a folder is read)
+
     root = Path(folder)
     if not root.is_dir():
         raise EvalError(f"{root} is not a folder of images.")
@@ -77,3 +77,23 @@ def image_resolution(files: list[Path]) -> str:
             return "mixed"
     (w, h), = sizes
     return f"{w}x{h}"
+
+
+def check_known_counts(dataset: str, gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | None) -> None:
+    """Without --test-input: for a known dataset (qsattn.datasets.REGISTRY), the generated folder must hold
+    one image per test input (testA) and the reference folder the whole target split (testB)."""
+    from qsattn.datasets import REGISTRY
+
+    entry = REGISTRY.get(dataset)
+    if entry is None:
+        return
+    expected = {"generated": (gen_dir, entry.counts.get("testA")), "reference": (ref_dir, entry.counts.get("testB"))}
+    wrong = []
+    for what, (folder, n) in expected.items():
+        if folder is None or n is None:
+            continue
+        found = len(list_images(folder))
+        if found != n:
+            wrong.append(f"{what} {folder} holds {found} images, {dataset}'s test split has {n}")
+    if wrong:
+        raise EvalError("; ".join(wrong) + ". Score the whole split (or pass --test-input to match by file name).")

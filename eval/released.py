@@ -56,3 +56,53 @@ def checkpoint_path(name: str, root: str | Path = RELEASED_ROOT) -> Path:
                if entry.source == CUT_ARCHIVE else f"download it from {entry.source}")
         raise EvalError(f"{path} is missing: {how}, so that the file lies at {path}.")
     return path
+
+
+def translations_dir(name: str) -> Path:
+    """Where a released generator's translations of its test split go (generated output, not committed);
+    the folder records which file wrote them (qsattn/translate.py), so a replaced file is translated again."""
+    return Path("results") / "out" / "translations" / name
+
+
+# The published reproductions of the released models' FIDs (clean-fid's leaderboard), the self-check's target.
+EXPECTED_CSV = Path(__file__).resolve().parents[1] / "results" / "released_model_fids.csv"
+TOLERANCE = 0.02   # the leaderboard prints two decimals (±0.005), and GPU/CPU rounding moves FID ~1e-3
+
+
+def expected_fids(name: str, csv: str | Path = EXPECTED_CSV) -> dict[str, float]:
+    """{fid_mode: published FID} of one released generator (matched by method and dataset)."""
+    import pandas as pd
+
+    from results.report import dataset_id, method_id
+
+    entry = RELEASED.get(name)
+    if entry is None:
+        raise EvalError(f"unknown released model '{name}'. Known: {', '.join(RELEASED)}")
+    table = pd.read_csv(csv)
+    missing = {"method", "dataset", "fid_mode", "value"} - set(table.columns)
+    if missing:
+        raise EvalError(f"{csv}: missing columns {sorted(missing)}; expected method,dataset,fid_mode,value,...")
+    rows = table[(table["method"].map(method_id) == entry.method) & (table["dataset"].map(dataset_id) == entry.dataset)]
+    return {str(r.fid_mode): float(r.value) for r in rows.itertuples()}
+
+
+def check_expected(name: str, result: dict, csv: str | Path = EXPECTED_CSV, tolerance: float = TOLERANCE) -> int:
+    """Print each published FID of `name` beside ours (two decimals); 1 where one differs by more than
+    `tolerance` or was not scored, 0 when all match. Stand-in scores are never compared."""
+    expected = expected_fids(name, csv)
+    if not expected:
+        raise EvalError(f"{csv} has no published FID for {name} ({RELEASED[name].method} on {RELEASED[name].dataset})")
+    metrics = result.get("metrics", {})
+    failed = 0
+    for mode, published in sorted(expected.items()):
+        ours = metrics.get(f"fid_{mode}")
+        if ours is None:
+            print(f"{name} FID [{mode}]: published {published:.2f}, not scored here (add {mode} to --fid-modes)  FAIL")
+            failed += 1
+            continue
+        diff = ours - published
+        ok = abs(diff) <= tolerance
+        failed += not ok
+        print(f"{name} FID [{mode}]: ours {ours:.2f}, published {published:.2f}, difference {diff:+.2f} "
+              f"(tolerance {tolerance:.2f})  {'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0

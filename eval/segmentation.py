@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from eval.folders import EvalError, list_images, sha256_file
+from eval.weights import DRN_FILES, DRN_URL
 
 NUM_CLASSES = 19
 IGNORE = 255
@@ -171,21 +172,36 @@ class DRNSeg(nn.Module):
         return self.up(self.seg(self.base(x)))
 
 
-def load_drn_seg(path: str | os.PathLike, arch: str = "drn_d_22", device: str | torch.device = "cpu") -> DRNSeg:
-    """DRNSeg with the released Cityscapes weights (`drn_d_22_cityscapes.pth`, `drn_d_105_cityscapes.pth`
-    from fyu/drn), loaded strictly: a missing or extra key means the wrong architecture for the file."""
+
+
+def load_drn_seg(path: str | os.PathLike, arch: str = "drn_d_22", device: str | torch.device = "cpu",
+                 expected_sha256: str | None = None) -> DRNSeg:
+    """DRNSeg with the released Cityscapes weights (`drn_d_22_cityscapes.pth`, `drn-d-105_ms_cityscapes.pth`
+    from fyu/drn), loaded strictly (a missing or extra key means the wrong architecture for the file) and
+    without unpickling code (weights_only). With `expected_sha256`, any other file is refused."""
+    file_name = DRN_FILES.get(arch, f"{arch}_cityscapes.pth")
     if not Path(path).is_file():
-        raise EvalError(f"DRN weights {path} do not exist. Download {arch}_cityscapes.pth from fyu/drn's README "
-                        f"(pretrained segmentation models) and pass it with --drn-weights PATH.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise EvalError(f"DRN weights {path} do not exist. Download {file_name} ({arch}) from {DRN_URL} "
+                        f"(fyu/drn's README, pretrained Cityscapes models) and pass it with --drn-weights PATH.")
+    if expected_sha256:
+        sha = sha256_file(path)
+        if sha != expected_sha256:
+            raise EvalError(f"{path} is not the pinned DRN file: its sha256 is {sha}, expected {expected_sha256} "
+                            f"(drn_sha256). Download {file_name} ({arch}) again from {DRN_URL}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a text file, a truncated download, a pickle that needs code
+        raise EvalError(f"{path} is not a readable DRN weights file ({type(exc).__name__}); download {file_name} "
+                        f"({arch}) from {DRN_URL}.") from exc
     state = state.get("state_dict", state)   # also accept segment.py's training checkpoints
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model = DRNSeg(arch)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise EvalError(f"{path} does not fit DRNSeg('{arch}') (is it the weight file of another "
-                        f"architecture? pass --drn-arch): {exc}") from exc
+        first = str(exc).splitlines()[0]
+        raise EvalError(f"{path} does not fit DRNSeg('{arch}'): is it the weight file of another architecture "
+                        f"(pass --drn-arch; {', '.join(f'{a}: {f}' for a, f in DRN_FILES.items())})? {first}") from exc
     return model.to(device).eval()
 
 
@@ -200,7 +216,8 @@ def _pair_key(path: Path) -> str:
 
 def score_cityscapes(gen_dir: str | os.PathLike, label_dir: str | os.PathLike, weights: str | os.PathLike,
                      arch: str = "drn_d_22", size: tuple[int, int] = (256, 128), *, label_ids: str = "labelIds",
-                     device: str | torch.device | None = None, batch_size: int = 8) -> dict:
+                     device: str | torch.device | None = None, batch_size: int = 8,
+                     expected_sha256: str | None = None) -> dict:
     """Segmentation scores of every generated image against its label map.
 
     Generated images are resized to `size` (W, H; 256×128 as the QS-Attn authors did) with bilinear
@@ -220,7 +237,7 @@ def score_cityscapes(gen_dir: str | os.PathLike, label_dir: str | os.PathLike, w
     if missing or unscored:
         raise EvalError(f"generated images and labels do not pair up: no label for {missing[:20]}, "
                         f"no generated image for {unscored[:20]}. Translate the whole split and give its labels.")
-    model = load_drn_seg(weights, arch, device)
+    model = load_drn_seg(weights, arch, device, expected_sha256)
     mean = torch.tensor(CITYSCAPES_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CITYSCAPES_STD).view(1, 3, 1, 1)
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
@@ -243,4 +260,5 @@ def score_cityscapes(gen_dir: str | os.PathLike, label_dir: str | os.PathLike, w
         "label_dir": str(label_dir), "label_ids": label_ids, "size_wh": list(size),
         "image_resize": "PIL bilinear", "label_resize": "PIL nearest", "segmenter": arch,
         "segmenter_weights": str(weights), "segmenter_sha256": sha256_file(weights),
+        "segmenter_sha256_pinned": bool(expected_sha256), "segmenter_url": DRN_URL,
         "normalisation": {"mean": CITYSCAPES_MEAN, "std": CITYSCAPES_STD}, "scores_in": "percent"}}

@@ -24,6 +24,13 @@ Two tables, one JSON line per case on stdout, and all of it saved to --out:
             of the same size in this run (> 1: the loader outruns the step).
   official  the official CUT step (`CUTModel.optimize_parameters` from the repository at `--official
             DIR`) beside ours (plain, defaults, all-fast) on the same input: ratio_to_official.
+  profile   (`--profile`) torch.profiler over the local and global+local steps: the top ops by self CPU
+            (or CUDA) time, printed and saved in the row (`top_ops`).
+`--key-reuse never,always` times the step table with each key_reuse value (config key; `always` is the
+fastest, `auto` picks it where bit-exact, i.e. for CUT); ratio_to_cut compares with CUT under the same
+value. `--repeat R` runs the whole list of cases R times, interleaved (case 1, 2, ..., then again), and
+reports the median time and peak memory of each case (`sec_samples` keeps every repeat): on a shared
+machine a burst of load then hits one repeat of every case, not every repeat of one.
 `--dtype bf16` runs the step under torch.autocast(bfloat16): it changes the numerics.
 Needs torch only (no MLflow, clean-fid or submitit), so it runs on a bare GPU machine.
 """
@@ -66,7 +73,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tables", default="step,sampler",
                         help="which tables: step, sampler, options, packing, loader, official (see above)")
     parser.add_argument("--options", default=",".join(OPTION_NAMES),
-                        help="options table: which options to time alone (names as in the table)")
+                        help="options table: which options to time alone (names as in the table); official "
+                        "table: which of defaults, all-fast to time beside the official step")
     parser.add_argument("--cells", default="1,2,4,8", help="packing table: numbers of concurrent processes")
     parser.add_argument("--seconds", type=float, default=10.0, help="packing table: length of the common window")
     parser.add_argument("--set", default="", help="packing table: config key=value pairs (comma list) on top of "
@@ -76,6 +84,13 @@ def add_arguments(parser) -> None:
                         "synthetic set, written to a temporary folder at the bench size")
     parser.add_argument("--official", default="", help="official table: a checkout of "
                         "taesungp/contrastive-unpaired-translation (never part of the product)")
+    parser.add_argument("--key-reuse", default="never,always", help="step and profile tables: key_reuse values "
+                        "(auto | always | never, comma list)")
+    parser.add_argument("--repeat", type=int, default=1, help="run every case this many times, interleaved; "
+                        "report the median")
+    parser.add_argument("--profile", action="store_true", help="add the profile table: top ops of the local and "
+                        "global+local steps (torch.profiler)")
+    parser.add_argument("--top", type=int, default=15, help="profile table: how many ops to list")
     parser.add_argument("--ngf", type=int, default=64, help="generator width (64 = official; smaller only for tests)")
     parser.add_argument("--out", default="", help="JSON file for the results (default: results/bench/<device>-<time>.json)")
     parser.add_argument("--case", default="", help=argparse_hidden())
@@ -143,6 +158,8 @@ def run_case(case: dict) -> dict:
         compiled = "compile" in case.get("overrides", {})
         sec = _timed(fn, case["steps"], max(case["warmup"], 3) if compiled else case["warmup"], device)
         return _result(case, sec, device, base)
+    if case["table"] == "profile":
+        return _profile_case(case, device, base)
     torch.manual_seed(0)
     size, impl = case["size"], case["impl"]
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if case["dtype"] == "bf16"
@@ -153,7 +170,8 @@ def run_case(case: dict) -> dict:
 
         # num_patches = the QS layers' channel count (4·ngf, 256 at the default): official local needs it
         cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
-                       "num_patches": 4 * case["ngf"], "qs_impl": impl if impl != "-" else "naive"})
+                       "num_patches": 4 * case["ngf"], "qs_impl": impl if impl != "-" else "naive",
+                       "key_reuse": case.get("key_reuse", "auto")})
         state = create_state(cfg, device)
         A = torch.rand(1, 3, size, size, device=device) * 2 - 1
         B = torch.rand(1, 3, size, size, device=device) * 2 - 1
@@ -218,6 +236,30 @@ def _our_step(case: dict, device):
         real_A, real_B = to_device(batches[count[0] % 2], device, cfg.pin_memory)
         train_step(state, real_A, real_B)
     return fn
+
+
+def _profile_case(case: dict, device, base: int) -> dict:
+    """torch.profiler over `steps` training steps after the warm-up: the top ops by self time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = _our_step(dict(case, overrides={"key_reuse": case["key_reuse"], "qs_impl": case["impl"]}), device)
+    for _ in range(case["warmup"]):
+        fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(case["steps"]):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sec = (time.perf_counter() - t0) / case["steps"]  # with the profiler's overhead
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    top = [{"op": e.key, "calls": e.count, "ms_per_step": getattr(e, attr) / 1000 / case["steps"],
+            "pct": 100 * getattr(e, attr) / total} for e in events[:case["top"]]]
+    return _result(case, sec, device, base, top_ops=top)
 
 
 def _official_step(case: dict, device):
@@ -354,15 +396,31 @@ def cases(args, device: str) -> list[dict]:
     sizes = [int(s) for s in args.sizes.split(",")]
     common = dict(device=device, steps=args.steps, warmup=args.warmup, ngf=args.ngf, case_only=True)
     fast_methods = [m for m in ("cut", "qsattn-global") if m in methods] or ["cut"]
+    reuses = [r.strip() for r in args.key_reuse.split(",") if r.strip()]
+    unknown = set(reuses) - {"auto", "always", "never"}
+    if unknown:
+        raise SystemExit(f"--key-reuse: unknown {sorted(unknown)}; known: auto, always, never")
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    if args.profile and "profile" not in tables:
+        tables.append("profile")
     out = []
-    for table in [t.strip() for t in args.tables.split(",") if t.strip()]:
+    for table in tables:
         if table in ("step", "sampler"):
             for dtype in [d.strip() for d in args.dtype.split(",")]:
                 for size in sizes:
                     names = methods if table == "step" else [m for m in ["cut", *QS_METHODS] if m == "cut" or m in methods]
                     for method in names:
                         for impl in (impls if method in QS_METHODS else ["-"]):
-                            out.append(dict(common, table=table, method=method, size=size, dtype=dtype, impl=impl))
+                            for reuse in (reuses if table == "step" else ["-"]):
+                                out.append(dict(common, table=table, method=method, size=size, dtype=dtype, impl=impl,
+                                                **({"key_reuse": reuse} if table == "step" else {})))
+        elif table == "profile":
+            for size in sizes:
+                for method in [m for m in ("qsattn-local", "qsattn-global-local") if m in methods]:
+                    for impl in impls:
+                        for reuse in reuses:
+                            out.append(dict(common, table=table, method=method, size=size, dtype="fp32", impl=impl,
+                                            key_reuse=reuse, top=args.top))
         elif table == "options":
             wanted = [o.strip() for o in args.options.split(",") if o.strip()]
             unknown = set(wanted) - set(OPTION_NAMES)
@@ -381,7 +439,8 @@ def cases(args, device: str) -> list[dict]:
             for size in sizes:
                 out.append(dict(common, table=table, method="cut", size=size, dtype="fp32", impl="-",
                                 variant="official", label="official code", official=str(Path(args.official).resolve())))
-                for variant, overrides, label in _variants(["defaults", "all-fast"], device):
+                ours = [v for v in ("defaults", "all-fast") if v in args.options.split(",")] or ["defaults"]
+                for variant, overrides, label in _variants(ours, device):
                     out.append(dict(common, table=table, method="cut", size=size, dtype="fp32", impl="-",
                                     variant=variant, label=label, overrides=overrides))
         elif table == "packing":
@@ -398,7 +457,8 @@ def cases(args, device: str) -> list[dict]:
                     out.append(dict(common, table=table, method="-", size=size, dtype="-", impl="-", workers=w,
                                     device="cpu", data=args.data, steps=max(args.steps, 20)))
         else:
-            raise SystemExit(f"--tables: unknown table '{table}' (step, sampler, options, packing, loader, official)")
+            raise SystemExit(f"--tables: unknown table '{table}' (step, sampler, options, packing, loader, official, "
+                             "profile)")
     return out
 
 
@@ -436,17 +496,18 @@ def _run_cases(batch: list[dict]) -> list[dict]:
 def _add_ratios(rows: list[dict]) -> None:
     """ratio_to_cut (time) and mem_ratio_to_cut against CUT in the same table, size and dtype; for the
     speed tables ratio_to_plain, ratio_to_official, speedup_vs_one_cell and loader_over_step."""
-    ref = {(r["table"], r["size"], r["dtype"]): r for r in rows
+    ref = {(r["table"], r["size"], r["dtype"], r.get("key_reuse")): r for r in rows
            if r["method"] == "cut" and "sec_per_step" in r and r["table"] in ("step", "sampler")}
     for r in rows:
-        cut = ref.get((r["table"], r["size"], r["dtype"]))
+        cut = ref.get((r["table"], r["size"], r["dtype"], r.get("key_reuse")))
         if cut is None or "sec_per_step" not in r:
             continue
         r["ratio_to_cut"] = r["sec_per_step"] / cut["sec_per_step"]
         r["mem_ratio_to_cut"] = r["peak_mem_bytes"] / cut["peak_mem_bytes"]
         if r["table"] == "sampler":
             step = next((s for s in rows if s["table"] == "step" and s["method"] == "cut" and s["size"] == r["size"]
-                         and s["dtype"] == r["dtype"] and "sec_per_step" in s), None)
+                         and s["dtype"] == r["dtype"] and "sec_per_step" in s
+                         and s.get("key_reuse") in ("never", "auto", None)), None)
             if step is not None:
                 r["overhead_pct_of_cut_step"] = 100 * (r["sec_per_step"] - cut["sec_per_step"]) / step["sec_per_step"]
     ok = [r for r in rows if "sec_per_step" in r]
@@ -487,29 +548,14 @@ def run(args) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    import tempfile
-
-    rows = []
-    for case in cases(args, device):
-        if case["table"] == "packing":
-            with tempfile.TemporaryDirectory() as barrier:
-                k = case["cells"]
-                threads = max(1, (os.cpu_count() or 1) // k) if device == "cpu" else 0
-                cells = _run_cases([dict(case, cell=i, barrier=barrier, threads=threads) for i in range(k)])
-            bad = [c for c in cells if "error" in c]
-            row = {k2: v for k2, v in case.items() if k2 != "case_only"}
-            if bad:
-                row["error"] = bad[0]["error"]
-            else:
-                row.update({k2: cells[0][k2] for k2 in ("torch", "device_name", "threads")},
-                           aggregate_steps_per_s=sum(1 / c["sec_per_step"] for c in cells),
-                           sec_per_step=max(c["sec_per_step"] for c in cells),
-                           peak_mem_bytes=max(c["peak_mem_bytes"] for c in cells), base_mem_bytes=0)
-                row["images_per_s"] = row["aggregate_steps_per_s"]
-        else:
-            row = _run_cases([case])[0]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    todo = cases(args, device)
+    samples: list[list[dict]] = [[] for _ in todo]
+    for rep in range(max(1, args.repeat)):
+        for i, case in enumerate(todo):
+            row = _run_one(case, device)
+            samples[i].append(row)
+            print(json.dumps(dict(row, repeat=rep)), flush=True)
+    rows = [_median_row(s) for s in samples]
     _add_ratios(rows)
     out = Path(args.out or f"results/bench/{device}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -517,6 +563,44 @@ def run(args) -> int:
     print(format_table(rows), file=sys.stderr)
     print(f"saved {len(rows)} cases to {out}", file=sys.stderr)
     return 1 if any("error" in r for r in rows) else 0
+
+
+def _median_row(repeats: list[dict]) -> dict:
+    """One case's repeats as one row: the median time and peak memory (the upper median of an even
+    count, a time that was measured); every repeat's time in sec_samples."""
+    ok = [r for r in repeats if "sec_per_step" in r]
+    if not ok:
+        return repeats[-1]
+    by_time = sorted(ok, key=lambda r: r["sec_per_step"])
+    row = dict(by_time[len(by_time) // 2])
+    mems = sorted(r["peak_mem_bytes"] for r in ok)
+    row.update(peak_mem_bytes=mems[len(mems) // 2], sec_samples=[r["sec_per_step"] for r in ok], repeats=len(repeats))
+    if len(ok) < len(repeats):
+        row["failed_repeats"] = len(repeats) - len(ok)
+    return row
+
+
+def _run_one(case: dict, device: str) -> dict:
+    """One case as one row; a packing case runs its K processes together."""
+    import tempfile
+
+    if case["table"] != "packing":
+        return _run_cases([case])[0]
+    with tempfile.TemporaryDirectory() as barrier:
+        k = case["cells"]
+        threads = max(1, (os.cpu_count() or 1) // k) if device == "cpu" else 0
+        cells = _run_cases([dict(case, cell=i, barrier=barrier, threads=threads) for i in range(k)])
+    bad = [c for c in cells if "error" in c]
+    row = {k2: v for k2, v in case.items() if k2 != "case_only"}
+    if bad:
+        row["error"] = bad[0]["error"]
+    else:
+        row.update({k2: cells[0][k2] for k2 in ("torch", "device_name", "threads")},
+                   aggregate_steps_per_s=sum(1 / c["sec_per_step"] for c in cells),
+                   sec_per_step=max(c["sec_per_step"] for c in cells),
+                   peak_mem_bytes=max(c["peak_mem_bytes"] for c in cells), base_mem_bytes=0)
+        row["images_per_s"] = row["aggregate_steps_per_s"]
+    return row
 
 
 def format_table(rows: list[dict]) -> str:
@@ -539,6 +623,9 @@ def format_table(rows: list[dict]) -> str:
             lines.append(f"| {r['method']} | {r['size']} | {r['variant']} | {r['cells']} | {agg} | "
                          f"{r.get('speedup_vs_one_cell', float('nan')):.2f} |")
         parts.append("\n".join(lines))
+    prof = [r for r in rows if r["table"] == "profile"]
+    if prof:
+        parts.append(_format_profile(prof))
     load = [r for r in rows if r["table"] == "loader"]
     if load:
         lines = ["| loader | px | workers | images/s | × CUT step images/s |", "|---|---|---|---|---|"]
@@ -550,15 +637,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def _format_base(rows: list[dict]) -> str:
-    lines = ["| table | method | impl | px | dtype | s/step | × CUT | peak MiB | mem × CUT | QS overhead % of CUT step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def _format_profile(rows: list[dict]) -> str:
+    parts = []
     for r in rows:
+        head = f"profile: {r['method']} {r['size']} px, impl {r['impl']}, key_reuse {r['key_reuse']}"
         if "error" in r:
-            lines.append(f"| {r['table']} | {r['method']} | {r['impl']} | {r['size']} | {r['dtype']} | {r['error']} | | | | |")
+            parts.append(f"{head}: {r['error']}")
+            continue
+        lines = [f"{head}, {r['sec_per_step']:.3f} s/step under the profiler", "",
+                 "| op | calls | ms/step | % of op time |", "|---|---|---|---|"]
+        lines += [f"| `{o['op']}` | {o['calls']} | {o['ms_per_step']:.1f} | {o['pct']:.1f} |" for o in r["top_ops"]]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _format_base(rows: list[dict]) -> str:
+    lines = ["| table | method | impl | key_reuse | px | dtype | s/step | × CUT | peak MiB | mem × CUT | QS overhead % of CUT step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reuse = r.get("key_reuse", "-")
+        if "error" in r:
+            lines.append(f"| {r['table']} | {r['method']} | {r['impl']} | {reuse} | {r['size']} | {r['dtype']} | {r['error']} | | | | |")
             continue
         pct = f"{r['overhead_pct_of_cut_step']:.1f}" if "overhead_pct_of_cut_step" in r else ""
-        lines.append(f"| {r['table']} | {r['method']} | {r['impl']} | {r['size']} | {r['dtype']} | {r['sec_per_step']:.3f} | "
+        lines.append(f"| {r['table']} | {r['method']} | {r['impl']} | {reuse} | {r['size']} | {r['dtype']} | {r['sec_per_step']:.3f} | "
                      f"{r.get('ratio_to_cut', float('nan')):.2f} | {r['peak_mem_bytes'] / 2**20:.0f} | "
                      f"{r.get('mem_ratio_to_cut', float('nan')):.2f} | {pct} |")
     return "\n".join(lines)

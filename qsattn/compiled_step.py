@@ -1,4 +1,4 @@
-"""`compile`: torch.compile of the training step's three pieces (README, "Faster steps").
+"""`compile`: torch.compile of the training step's three pieces (docs/performance.md, "Faster steps").
 
 Kept apart from qsattn/model.py, which stays the readable reference step: this is only how the same
 step runs with fewer kernel launches (CUDA graphs with mode=reduce-overhead).
@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from qsattn.model import TrainState, autocast, discriminator_loss, generator_forward, generator_loss
+from qsattn.model import TrainState, autocast, discriminator_loss, generator_loss, step_forward
 
 log = logging.getLogger("qsattn.model")
 
@@ -39,7 +39,7 @@ class CompiledStep:
         self.tried = False
         self.failed: dict[str, str] = {}   # piece -> error, for pieces that run eager
         kw = dict(mode=None if self.mode == "default" else self.mode, dynamic=False, backend=COMPILE_BACKEND)
-        self.forward_G = self._guarded("G forward", torch.compile(generator_forward, **kw), generator_forward)
+        self.forward_G = self._guarded("G forward", torch.compile(step_forward, **kw), step_forward)
         self.loss_D = self._guarded("D loss", torch.compile(discriminator_loss, **kw), discriminator_loss)
         self.loss_G = self._guarded("G/F loss", torch.compile(generator_loss, **kw), generator_loss)
 
@@ -73,7 +73,7 @@ class CompiledStep:
             return False
         return True
 
-    def try_compiled(self, real_A, real_B, flipped, ids, ids_idt) -> None:
+    def try_compiled(self, real_A, real_B, flipped, with_keys, ids, ids_idt) -> None:
         """Compile each piece, forward and backward, on the first batch before the real step, so that
         a compiler error (raised at the first forward or, for the backward, at the first backward)
         changes nothing: the failing piece runs eager from then on. Gradients are dropped and module
@@ -92,13 +92,20 @@ class CompiledStep:
 
         def fwd():
             with amp:
-                fake, idt = self.forward_G(state, real_A, real_B, flipped)
-            (fake.float().sum() + (idt.float().sum() if idt is not None else 0)).backward()
+                fake, idt, keys = self.forward_G(state, real_A, real_B, flipped, with_keys)
+            loss = fake.float().sum() + (idt.float().sum() if idt is not None else 0)
+            for f in [f for side in (keys or ()) for f in (side or ())]:
+                loss = loss + f.float().sum()  # the features' backward too (key reuse)
+            loss.backward()
         attempt("G forward", fwd)
         with torch.no_grad(), amp:
-            fake_B, idt_B = generator_forward(state, real_A, real_B, flipped)
-        fake_B = fake_B.detach().requires_grad_(True)
-        idt_B = idt_B.detach().requires_grad_(True) if idt_B is not None else None
+            fake_B, idt_B, keys = step_forward(state, real_A, real_B, flipped, with_keys)
+
+        def leaf(t):
+            return t.detach().requires_grad_(True) if t is not None else None
+        fake_B, idt_B = leaf(fake_B), leaf(idt_B)
+        if keys is not None:
+            keys = tuple([leaf(f) for f in side] if side is not None else None for side in keys)
         if cfg.lambda_GAN > 0:
             state.D.requires_grad_(True)
 
@@ -111,7 +118,7 @@ class CompiledStep:
 
         def g():
             with amp:
-                loss = self.loss_G(state, real_A, real_B, fake_B, idt_B, flipped, ids, ids_idt)["G"]
+                loss = self.loss_G(state, real_A, real_B, fake_B, idt_B, flipped, ids, ids_idt, keys)["G"]
             loss.backward()
         attempt("G/F loss", g)
         for opt in state.optimizers().values():

@@ -139,9 +139,12 @@ class Config:
                                 role="runtime")
     experiment: str = _engine("qsattn", "MLflow experiment name", role="runtime")
 
-    # --- speed (README, "Faster steps"): labelled identical | rounding | changes numerics -----------
+    # --- speed (docs/performance.md): labelled identical | rounding | changes numerics ---------------------
     # Only "identical" options are on by default: GAN training amplifies rounding (a 1e-7 difference at
     # step 1 is O(1) in the losses by step 20). The maths-keeping ones are runtime keys.
+    key_reuse: str = _speed("auto", "key-side NCE features of real_A, real_B from G's forward pass instead of a "
+                            "second encoder pass: auto (where identical: CUT, FastCUT) | always (rounding with QS-Attn, "
+                            "whose keys carry gradients) | never", role="runtime", choices=("auto", "always", "never"))
     adam_impl: str = _speed("foreach", "Adam kernels: plain | foreach (identical) | fused (rounding)",
                             role="runtime", choices=("plain", "foreach", "fused"))
     compile: str = _speed("off", "torch.compile of the step's pieces: off | default | reduce-overhead (rounding)",
@@ -156,13 +159,19 @@ class Config:
     # --- evaluation after training (eval/) ----------------------------------------------------------
     eval_metrics: str = _eval("auto", "comma list, or auto: synthetic_gt on the synthetic set, fid,kid elsewhere "
                               "(+ cityscapes_seg on cityscapes)", role="evaluation")
-    fid_mode: str = _eval("clean", "clean | legacy_pytorch (the papers' pytorch-fid protocol)", role="evaluation",
-                          choices=("clean", "legacy_pytorch"))
-    inception_weights: str = _eval("", "path to the Inception file offline (else clean-fid downloads it)",
+    fid_modes: str = _eval("clean,legacy_pytorch", "FID/KID protocols scored for every checkpoint, comma list: clean "
+                           "(clean-fid's) and/or legacy_pytorch (pytorch-fid's, the papers')", role="evaluation")
+    eval_checkpoints: str = _eval("all", "checkpoints scored: all (the final one and every kept epoch checkpoint) | "
+                                  "last (the final one only)", role="evaluation", choices=("all", "last"))
+    inception_weights: str = _eval("", "local Inception files offline, MODE=PATH comma list (a bare PATH with one "
+                                   "mode); else clean-fid's cache or download; each checked against its pinned sha256",
                                    role="evaluation")
-    drn_weights: str = _eval("", "DRN Cityscapes weights for cityscapes_seg", role="evaluation")
+    drn_weights: str = _eval("", "DRN Cityscapes weights for cityscapes_seg (fyu/drn: drn_d_22_cityscapes.pth, "
+                             "drn-d-105_ms_cityscapes.pth)", role="evaluation")
     drn_arch: str = _eval("drn_d_22", "DRN architecture of drn_weights", role="evaluation",
                           choices=("drn_d_22", "drn_d_105"))
+    drn_sha256: str = _eval("", "expected sha256 of drn_weights (fyu/drn publishes none; empty: recorded, not "
+                            "checked)", role="evaluation")
 
     def run_name(self) -> str:
         return self.name or f"{self.method}-{self.dataset}-s{self.seed}"
@@ -353,6 +362,14 @@ def _check_field(name: str, value: Any) -> None:
             raise ConfigError(f"{name}: must be {sign} {meta[bound]:g}, got {value}")
 
 
+# The FID protocols, as clean-fid names them (eval/fid.py): one FID and one KID per mode and checkpoint.
+FID_MODES = ("clean", "legacy_pytorch")
+
+
+def fid_modes(cfg: Config) -> tuple[str, ...]:
+    return tuple(m.strip() for m in cfg.fid_modes.split(",") if m.strip())
+
+
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -380,8 +397,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"qs_layers: {bad} are not positions in nce_layers {list(cfg.nce_layers)} (0..{n_layers - 1})")
     if cfg.local_window % 2 != 1:
         raise ConfigError(f"local_window must be an odd positive size, got {cfg.local_window}")
+    if cfg.key_reuse == "always" and cfg.normG == "batch":
+        raise ConfigError("key_reuse=always needs per-image normalisation in G (normG=instance or none): with "
+                          "normG=batch the forward's batch statistics differ from a key pass's; use key_reuse=auto")
     if cfg.n_epochs + cfg.n_epochs_decay == 0:
         raise ConfigError("n_epochs + n_epochs_decay must be at least 1")
+    modes = fid_modes(cfg)
+    bad_modes = [m for m in modes if m not in FID_MODES]
+    if not modes or bad_modes or len(set(modes)) != len(modes):
+        raise ConfigError(f"fid_modes: expected a comma list of {', '.join(FID_MODES)} without repeats, got "
+                          f"{cfg.fid_modes!r}")
+    if cfg.drn_sha256 and not re.fullmatch(r"[0-9a-f]{64}", cfg.drn_sha256):
+        raise ConfigError(f"drn_sha256: expected 64 lowercase hex digits (sha256sum FILE), got {cfg.drn_sha256!r}")
     if cfg.preprocess in ("resize_and_crop", "scale_width_and_crop") and cfg.load_size < cfg.crop_size:
         raise ConfigError(f"load_size={cfg.load_size} is smaller than crop_size={cfg.crop_size}: preprocess="
                           f"{cfg.preprocess} resizes to load_size, then crops crop_size; set load_size >= "

@@ -4,7 +4,8 @@
 plain function of the batch and that state. Nothing here knows about files, MLflow or SLURM.
 
 Speed options (config "speed" section) change how the step runs, not what it computes, unless they are
-labelled "changes numerics": `adam_impl` picks torch's Adam kernels, `compile` runs the three pieces of
+labelled "changes numerics": `key_reuse` takes the key-side NCE features from G's forward pass,
+`adam_impl` picks torch's Adam kernels, `compile` runs the three pieces of
 the step (G forward, D loss, G/F loss) through torch.compile, `amp` autocasts them to bfloat16, and
 `configure_backends` sets the process-wide cuDNN / TF32 switches. The compiled variant of the step lives
 in qsattn/compiled_step.py.
@@ -39,6 +40,7 @@ class TrainState:
     step: int = 0    # optimisation steps done
     epoch: int = 1   # the epoch in progress (1-based, as official)
     compiled: object = None  # a qsattn.compiled_step.CompiledStep with cfg.compile != off
+    exact_keys: dict = field(default_factory=dict)  # input shape -> batched_keys_exact (key_reuse=auto)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"G": self.G, "D": self.D, "F": self.F}
@@ -117,16 +119,18 @@ def create_state(cfg, device: torch.device | str = "cpu") -> TrainState:
     return state
 
 
-def nce_loss(G, F, src, tgt, cfg, patch_ids=None, flipped: bool = False):
+def nce_loss(G, F, src, tgt, cfg, patch_ids=None, flipped: bool = False, feat_k=None):
     """PatchNCE between G's encoder features of src (keys) and tgt (queries), averaged over layers.
 
     Returns (loss, per-layer losses, key-side ids, key-side attention). With `patch_ids`, the random
-    layers use those indices instead of drawing new ones (parity tests, shared samples).
+    layers use those indices instead of drawing new ones (parity tests, shared samples). With `feat_k`
+    (key reuse: src's features from the generator's forward pass), src is not encoded again.
     """
     feat_q = G.encode(tgt, cfg.nce_layers)
     if flipped:
         feat_q = [torch.flip(f, [3]) for f in feat_q]
-    feat_k = G.encode(src, cfg.nce_layers)
+    if feat_k is None:
+        feat_k = G.encode(src, cfg.nce_layers)
     pool_k, ids, attns = F(feat_k, patch_ids=patch_ids)
     pool_q, _, _ = F(feat_q, patch_ids=ids, attn_mats=attns)
     per_layer = [patch_nce_loss(q, k, cfg.nce_T, cfg.batch_size).mean() * cfg.lambda_NCE
@@ -134,14 +138,69 @@ def nce_loss(G, F, src, tgt, cfg, patch_ids=None, flipped: bool = False):
     return sum(per_layer) / len(per_layer), per_layer, ids, attns
 
 
-def generator_forward(state: TrainState, real_A, real_B, flipped: bool = False):
-    """fake = G(A) (and idt = G(B) with nce_idt), in one batched call as the official code does."""
+def reuses_keys(state: TrainState, real_A, flipped: bool = False) -> bool:
+    """Key reuse (cfg.key_reuse, docs/performance.md): take the key-side NCE features of real_A and real_B
+    from the generator forward's own activations at the NCE layers (the same layers with the same weights
+    on the same images) instead of a second encoder pass. Never on a flipped FastCUT step, whose forward
+    saw the flipped images. `auto` reuses only where the step stays bit for bit the same: CUT's keys
+    carry no gradient (they are detached) and the batched forward's features equal the per-image pass's
+    (batched_keys_exact). QS-Attn's keys do carry gradients, through the reused attention rows, which
+    reuse sums in another order: `always` (rounding)."""
+    cfg = state.cfg
+    if cfg.key_reuse == "never" or cfg.lambda_NCE <= 0 or flipped:
+        return False
+    if cfg.key_reuse == "always":
+        return True
+    if state.F.qs_layers or cfg.normG == "batch":
+        return False
+    return batched_keys_exact(state, real_A)
+
+
+def batched_keys_exact(state: TrainState, real_A) -> bool:
+    """Whether G's forward on the step's batch gives each image's NCE-layer features bit for bit as a
+    pass on that image alone. Not at every size: torch's CPU convolution runs a 3×3 conv on one small
+    image (≤ 20480 values) with its native kernel but on two images with oneDNN's (ATen's use_mkldnn
+    rule), and cuDNN may choose by batch size. Kernels depend on shapes, not values, so this is probed
+    once per input shape on random images (own generator: the run's RNG streams are untouched)."""
+    cfg = state.cfg
+    if not cfg.nce_idt:  # the forward's batch is real_A alone, as the key pass's
+        return True
+    shape = (tuple(real_A.shape), real_A.dtype, str(real_A.device), getattr(cfg, "amp", "off"))
+    if shape not in state.exact_keys:
+        n = real_A.shape[0]
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand((2 * n, *real_A.shape[1:]), generator=g) * 2 - 1).to(real_A.device, real_A.dtype)
+        with torch.no_grad(), autocast(cfg, real_A.device):
+            _, feats = state.G(x, cfg.nce_layers)
+            alone = [state.G.encode(x[:n], cfg.nce_layers), state.G.encode(x[n:], cfg.nce_layers)]
+        state.exact_keys[shape] = all(torch.equal(f[:n], a) and torch.equal(f[n:], b)
+                                      for f, a, b in zip(feats, *alone))
+    return state.exact_keys[shape]
+
+
+def _generator_pass(state: TrainState, real_A, real_B, flipped: bool, with_keys: bool):
     real = torch.cat([real_A, real_B]) if state.cfg.nce_idt else real_A
     if flipped:
         real = torch.flip(real, [3])
-    fake = state.G(real)
-    n = real_A.shape[0]
-    return fake[:n], (fake[n:] if state.cfg.nce_idt else None)
+    n, keys = real_A.shape[0], None
+    if with_keys:
+        fake, feats = state.G(real, state.cfg.nce_layers)
+        keys = ([f[:n] for f in feats], [f[n:] for f in feats] if state.cfg.nce_idt else None)
+    else:
+        fake = state.G(real)
+    return fake[:n], (fake[n:] if state.cfg.nce_idt else None), keys
+
+
+def generator_forward(state: TrainState, real_A, real_B, flipped: bool = False):
+    """fake = G(A) (and idt = G(B) with nce_idt), in one batched call as the official code does."""
+    return _generator_pass(state, real_A, real_B, flipped, with_keys=False)[:2]
+
+
+def step_forward(state: TrainState, real_A, real_B, flipped: bool = False, with_keys: bool = False):
+    """The training step's generator pass: (fake_B, idt_B, keys). With keys (reuses_keys), keys =
+    (real_A's, real_B's) features at the NCE layers from this same pass (real_B's None without
+    nce_idt); else None."""
+    return _generator_pass(state, real_A, real_B, flipped, with_keys)
 
 
 def discriminator_loss(state: TrainState, fake_B, real_B):
@@ -152,13 +211,17 @@ def discriminator_loss(state: TrainState, fake_B, real_B):
 
 
 def generator_loss(state: TrainState, real_A, real_B, fake_B, idt_B, flipped=False, patch_ids=None,
-                   patch_ids_idt=None) -> dict[str, torch.Tensor]:
+                   patch_ids_idt=None, keys=None) -> dict[str, torch.Tensor]:
+    """G's losses; `keys` from step_forward (key reuse) or None (real_A and real_B encoded here)."""
     cfg, zero = state.cfg, fake_B.new_zeros(())
+    keys_A, keys_B = keys if keys is not None else (None, None)
     g_gan = gan_loss(state.D(fake_B), True, cfg.gan_mode) * cfg.lambda_GAN if cfg.lambda_GAN > 0 else zero
-    nce = nce_loss(state.G, state.F, real_A, fake_B, cfg, patch_ids, flipped)[0] if cfg.lambda_NCE > 0 else zero
+    nce = (nce_loss(state.G, state.F, real_A, fake_B, cfg, patch_ids, flipped, keys_A)[0]
+           if cfg.lambda_NCE > 0 else zero)
     losses = {"G_GAN": g_gan, "NCE": nce}
     if cfg.nce_idt and cfg.lambda_NCE > 0:
-        losses["NCE_Y"] = nce_loss(state.G, state.F, real_B, idt_B, cfg, patch_ids_idt, flipped)[0]
+        # fake_B and idt_B are encoded in separate calls: one batched call is not bitwise the same
+        losses["NCE_Y"] = nce_loss(state.G, state.F, real_B, idt_B, cfg, patch_ids_idt, flipped, keys_B)[0]
         nce_both = (nce + losses["NCE_Y"]) * 0.5
     else:
         nce_both = nce
@@ -176,23 +239,27 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     `.item()` is a host sync)."""
     cfg = state.cfg
     flipped = draw_flip(cfg)
+    with_keys = reuses_keys(state, real_A, flipped)
     fast = state.compiled if state.compiled is not None and state.compiled.accepts(real_A, real_B) else None
     amp = autocast(cfg, real_A.device)
     if fast is not None:
         # the random layers' patches, drawn before the step in the order the eager step draws them
         ids, ids_idt = fast.draw_patch_ids(real_A)
         if not fast.tried:
-            fast.try_compiled(real_A, real_B, flipped, ids, ids_idt)
+            fast.try_compiled(real_A, real_B, flipped, with_keys, ids, ids_idt)
         fast.begin_step()
         forward_G, loss_D_fn = fast.forward_G, fast.loss_D
 
-        def loss_G_fn(*args):
-            return fast.loss_G(*args, ids, ids_idt)
+        def loss_G_fn(*args, keys):
+            return fast.loss_G(*args, ids, ids_idt, keys)
     else:
-        forward_G, loss_D_fn, loss_G_fn = generator_forward, discriminator_loss, generator_loss
+        forward_G, loss_D_fn = step_forward, discriminator_loss
+
+        def loss_G_fn(*args, keys):
+            return generator_loss(*args, None, None, keys)
 
     with amp:
-        fake_B, idt_B = forward_G(state, real_A, real_B, flipped)
+        fake_B, idt_B, keys = forward_G(state, real_A, real_B, flipped, with_keys)
     state.D.requires_grad_(True)
     state.opt_D.zero_grad(set_to_none=True)
     if cfg.lambda_GAN > 0:
@@ -208,7 +275,7 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     state.opt_G.zero_grad(set_to_none=True)
     state.opt_F.zero_grad(set_to_none=True)
     with amp:
-        losses = loss_G_fn(state, real_A, real_B, fake_B, idt_B, flipped)
+        losses = loss_G_fn(state, real_A, real_B, fake_B, idt_B, flipped, keys=keys)
     losses["G"].backward()
     state.opt_G.step()
     state.opt_F.step()

@@ -109,8 +109,19 @@ class ResnetGenerator(nn.Module):
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
         self.model = nn.Sequential(*model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, layers=None):
+        """The output; with `layers`, (output, features of those layers) from the same pass, as the
+        official `netG(x, layers)`. A feature that the next layer would overwrite in place (a ReLU with
+        inplace=True) is copied first, so it holds what `encode` returns."""
+        if layers is None:
+            return self.model(x)
+        wanted, feats = set(layers), []
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in wanted:
+                following = self.model[i + 1] if i + 1 < len(self.model) else None
+                feats.append(x.clone() if getattr(following, "inplace", False) else x)
+        return x, feats
 
     def encode(self, x: torch.Tensor, layers) -> list[torch.Tensor]:
         wanted, last, feats = set(layers), max(layers), []

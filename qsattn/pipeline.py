@@ -3,18 +3,22 @@
 `run_cell(cfg)` is what a sweep job calls. It is idempotent: a finished cell returns its saved
 metrics; an unfinished one resumes training from its checkpoint. Metrics go to the cell's own MLflow
 run (the one training opened) and to run_dir/metrics.json, with the evaluation protocol beside them.
-When epoch checkpoints are kept, every one is scored too, and both the last checkpoint's and the best
-checkpoint's values are reported, labelled, because published figures are often best-of-training.
+Every checkpoint scored gets FID and KID in each of `fid_modes` (values named by mode). With
+`eval_checkpoints: all` the kept epoch checkpoints are scored too, the final checkpoint always among
+them, and both the final checkpoint's values (`_last`) and the best checkpoint's (`_best`, selected
+on the test split as the papers did: optimistic; eval.registry.select_best) are reported.
+
+`evaluate_run(cfg)` re-scores a finished run under the evaluation keys of `cfg` without training
+(`python -m qsattn eval --run DIR`, `sweep GRID --stage eval`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from qsattn.config import Config
+from qsattn.config import Config, fid_modes
 
-# The value that picks the best checkpoint, and whether lower is better.
-PRIMARY = (("fid", True), ("gt_score", False), ("fid_standin", True), ("mAP", False))
+BEST_SELECTION = "best checkpoint selected on the test split (optimistic, as the papers did)"
 
 
 def default_metrics(cfg: Config) -> list[str]:
@@ -32,21 +36,41 @@ def test_split(cfg: Config) -> tuple[Path, Path]:
     return root / src, root / ref
 
 
+def label_dir(cfg: Config) -> Path:
+    """Cityscapes: the label maps of the translated split (python -m qsattn data cityscapes writes them)."""
+    src, _ = test_split(cfg)
+    return src.parent / f"{src.name}_labelIds"
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, out_dir: Path, device="cpu", progress=True, **eval_options) -> dict:
-    """Translate the test split with one checkpoint, then score it. -> {'metrics', 'protocol'}."""
+    """Translate the test split with one checkpoint, then score it. -> {'metrics', 'protocol'}.
+
+    Cityscapes without label maps (CUT's prepared cityscapes_val_for_CUT has none) is scored by FID/KID
+    only; the protocol says why segmentation was skipped."""
     from eval.registry import evaluate_folder_pair
-    from qsattn.translate import load_generator, translate_folder
+    from qsattn.translate import load_generator, translate_folder, translation_identity
 
     src, ref = test_split(cfg)
     G, _ = load_generator(checkpoint, device)
-    translate_folder(G, src, out_dir, cfg.crop_size, cfg.preprocess, device, progress)
-    options = dict(test_input_dir=src, mode=cfg.fid_mode, dataset=cfg.dataset, split=ref.name,
+    translate_folder(G, src, out_dir, cfg.crop_size, cfg.preprocess, device, progress,
+                     identity=translation_identity(checkpoint, cfg.crop_size, cfg.preprocess))
+    metrics = default_metrics(cfg)
+    options = dict(test_input_dir=src, modes=fid_modes(cfg), dataset=cfg.dataset, split=ref.name,
                    inception_path=cfg.inception_weights or None, device=str(device))
-    if cfg.dataset.startswith("cityscapes"):
-        options.update(label_dir=src.parent / f"{src.name}_labelIds", drn_weights=cfg.drn_weights or None,
-                       drn_arch=cfg.drn_arch)
+    skipped = {}
+    if "cityscapes_seg" in metrics:
+        labels = label_dir(cfg)
+        if labels.is_dir():
+            options.update(label_dir=labels, drn_weights=cfg.drn_weights or None, drn_arch=cfg.drn_arch,
+                           drn_sha256=cfg.drn_sha256 or None)
+        else:
+            metrics = [m for m in metrics if m != "cityscapes_seg"]
+            skipped["cityscapes_seg"] = {"skipped": f"no label maps at {labels} (this prepared set has none): "
+                                                    "segmentation scores need them; FID/KID only"}
     options.update(eval_options)
-    return evaluate_folder_pair(out_dir, ref, metrics=default_metrics(cfg), **options)
+    result = evaluate_folder_pair(out_dir, ref, metrics=metrics, **options)
+    result["protocol"].update(skipped)
+    return result
 
 
 def numbers(metrics: dict) -> dict:
@@ -54,13 +78,13 @@ def numbers(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("n_")}
 
 
-def best_of(history: dict[int, dict]) -> tuple[int, dict] | None:
-    for key, lower in PRIMARY:
-        scored = {e: m for e, m in history.items() if key in m}
-        if scored:
-            pick = (min if lower else max)(scored, key=lambda e: scored[e][key])
-            return pick, scored[pick]
-    return None
+def final_epoch(checkpoint: Path) -> int:
+    """The epoch the final checkpoint stands at: the epochs completed, or the one it stopped inside."""
+    from qsattn.checkpoint import load
+
+    state = load(checkpoint, mmap=True)
+    epoch = int(state.get("epoch", 1))
+    return epoch - 1 if int(state.get("position", 0)) == 0 else epoch
 
 
 def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
@@ -92,8 +116,11 @@ def log_qualitative(cfg: Config, run, tracker, checkpoints: list[str]) -> None:
 
 
 def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
-    """Score a trained run's last checkpoint and its kept epoch checkpoints; log and save the result."""
+    """Score a trained run's final checkpoint and (eval_checkpoints: all) its kept epoch checkpoints; log and
+    save the result. Holds the run folder's lock: a training of the same folder is never scored half-way."""
+    from eval.registry import select_best
     from qsattn.atomic import atomic_write_text
+    from qsattn.run_folder import locked
     from qsattn.tracking import open_tracker
     from qsattn.train import Run, pick_device
 
@@ -101,29 +128,38 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
     result_file = run.dir / "metrics.json"
     if not run.latest.exists():
         raise FileNotFoundError(f"{run.latest} does not exist: train the run first (python -m qsattn train ...)")
-    device = pick_device(cfg.device)
-    last = evaluate_checkpoint(cfg, run.latest, run.dir / "translations" / "last", device, progress, **eval_options)
-    metrics = {f"{k}_last": v for k, v in numbers(last["metrics"]).items()}
-    history = {}
-    for ckpt in sorted((run.dir / "checkpoints").glob("epoch_*.pt")):
-        epoch = int(ckpt.stem.split("_")[1])
-        history[epoch] = evaluate_checkpoint(cfg, ckpt, run.dir / "translations" / ckpt.stem, device, progress,
-                                             **eval_options)["metrics"]
-    best = best_of(history)
-    if best:
-        metrics.update({f"{k}_best": v for k, v in numbers(best[1]).items()})
-        metrics["best_epoch"] = best[0]
-    result = {"metrics": metrics, "protocol": last["protocol"],
-              "history": {str(e): m for e, m in history.items()}}
+    with locked(run.dir):
+        device = pick_device(cfg.device)
+        last_epoch = final_epoch(run.latest)
+        last = evaluate_checkpoint(cfg, run.latest, run.dir / "translations" / "last", device, progress,
+                                   **eval_options)
+        metrics = {f"{k}_last": v for k, v in numbers(last["metrics"]).items()}
+        metrics["final_epoch"] = last_epoch
+        history = {last_epoch: last["metrics"]}
+        kept = sorted((run.dir / "checkpoints").glob("epoch_*.pt")) if cfg.eval_checkpoints == "all" else []
+        if kept:
+            for ckpt in kept:
+                epoch = int(ckpt.stem.split("_")[1])
+                if epoch == last_epoch:
+                    continue  # written at the same point as the final checkpoint: the same generator
+                history[epoch] = evaluate_checkpoint(cfg, ckpt, run.dir / "translations" / ckpt.stem, device,
+                                                     progress, **eval_options)["metrics"]
+        if kept:  # (a kept checkpoint of the final epoch is the final checkpoint: one candidate for both)
+            metrics.update(select_best({e: numbers(m) for e, m in history.items()}))
+        protocol = {**last["protocol"], "checkpoints": {
+            "scored": cfg.eval_checkpoints, "epochs": sorted(history), "final_epoch": last_epoch,
+            "best": BEST_SELECTION if kept else "no epoch checkpoints scored"}}
+        result = {"metrics": metrics, "protocol": protocol,
+                  "history": {str(e): m for e, m in sorted(history.items())}}
 
-    tracker = open_tracker(cfg, run.dir, {})
-    tracker.log_metrics(metrics, step=0)
-    for epoch, m in history.items():
-        tracker.log_metrics({f"checkpoint_{k}": v for k, v in numbers(m).items()}, step=epoch)
-    log_qualitative(cfg, run, tracker, ["last"] + [f"epoch_{e:04d}" for e in sorted(history)])
-    tracker.add_view_metrics()  # the experiment's comparison view gets these metrics as columns
-    tracker.set_tags({f"protocol.{name}.{k}": v for name, p in last["protocol"].items() for k, v in p.items()})
-    atomic_write_text(result_file, json.dumps(result, indent=2, default=str))
-    tracker.log_artifact(result_file)
-    tracker.finish("FINISHED")
+        tracker = open_tracker(cfg, run.dir, {})
+        tracker.log_metrics(metrics, step=0)
+        for epoch, m in sorted(history.items()):
+            tracker.log_metrics({f"checkpoint_{k}": v for k, v in numbers(m).items()}, step=epoch)
+        log_qualitative(cfg, run, tracker, ["last"] + [f"epoch_{e:04d}" for e in sorted(history) if e != last_epoch])
+        tracker.add_view_metrics()  # the experiment's comparison view gets these metrics as columns
+        tracker.set_tags({f"protocol.{name}.{k}": v for name, p in protocol.items() for k, v in p.items()})
+        atomic_write_text(result_file, json.dumps(result, indent=2, default=str))
+        tracker.log_artifact(result_file)
+        tracker.finish("FINISHED")
     return result

@@ -31,6 +31,7 @@ DEFAULT_URI = "sqlite:///mlruns.db"
 # sender retries by itself, so each request is one short try. Set only where the user has not.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 RETRY_S = (1, 2, 5, 10, 30)  # the sender's waits between attempts while the store does not answer
+SEND_EVERY_S = 1.0  # at most one send per second while it answers: the records in between are batched
 FINISH_WAIT_S = 20.0  # how long finish() waits for the backlog; what is left stays in the journal
 KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's "ML training"
 VIEW_KEY = "qsattn"  # the experiment's shared view: mlflow.sharedViewState.<VIEW_KEY>, ?viewStateShareKey=
@@ -258,7 +259,7 @@ class Tracker:
         self.uri = uri
         self._append_lock = threading.Lock()
         self._wake = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()  # finish(): send what is left now, then end
         self._client = None
         self._run_id = ""
         self._offline_since = 0.0
@@ -352,7 +353,7 @@ class Tracker:
         """The run's end, as it really ended (FINISHED, FAILED, KILLED). Waits a bounded time for the
         backlog; what is left stays in the journal for the next process or `qsattn mlflow sync`."""
         self._append({"op": "status", "status": status, "ts": _now_ms()})
-        self._stopping = True
+        self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(FINISH_WAIT_S)
@@ -364,14 +365,20 @@ class Tracker:
 
     # the sender
     def _loop(self) -> None:
+        """Send when woken by a record, at most every SEND_EVERY_S (records in between go in one batch);
+        while the store does not answer, only every RETRY_S (new records do not wake it): an outage
+        costs the training thread nothing, not even the GIL for a failing request per step."""
         failures = 0
         while True:
-            delay = RETRY_S[min(failures, len(RETRY_S)) - 1] if failures else None
-            self._wake.wait(timeout=delay)
+            if failures:
+                self._stop.wait(timeout=RETRY_S[min(failures, len(RETRY_S)) - 1])
+            else:
+                self._wake.wait()
+                self._stop.wait(timeout=SEND_EVERY_S)
             self._wake.clear()
             ok = self._send_once()
             failures = 0 if ok else failures + 1
-            if self._stopping and (failures > 1 or (ok and not unsent(self.folder))):
+            if self._stop.is_set() and (failures > 1 or (ok and not unsent(self.folder))):
                 return
             if ok and unsent(self.folder):
                 self._wake.set()  # appended during the send (or another process held the lock)

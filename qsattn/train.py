@@ -277,9 +277,11 @@ def write_progress(run_dir: Path, step: int, total: int, sec_per_step: float | N
 
 
 def epoch_checkpoint(state: TrainState, position: int, data_rng) -> dict:
-    """What a kept epoch checkpoint holds (what best-vs-last evaluation reads). When it is written, relative
-    to latest.pt, is the loop's business (train): this says only what is in it."""
-    return ckpt_io.state_to_dict(state, position, data_rng)
+    """What a kept epoch checkpoint holds: only what best-vs-last evaluation reads (the generator, the config,
+    where it stands), not D, F and the optimisers: 45.6 MB instead of 176.6 MB at ngf=64. The resume point
+    is latest.pt. When it is written, relative to latest.pt, is the loop's business (train)."""
+    return {"format": 1, "config": ckpt_io._plain(state.cfg.to_dict()), "step": state.step, "epoch": state.epoch,
+            "position": position, "net_G": state.G.state_dict()}
 
 
 def remove_stale_temporaries(run: Run) -> None:

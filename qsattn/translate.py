@@ -8,6 +8,7 @@ test.py outputs for the same weights.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,13 +49,31 @@ def _looks_like(keys: list[str]) -> str:
     return f"keys: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}" if keys else "it is empty"
 
 
+RECORD = ".translated_by.json"  # beside the translations: which checkpoint and settings wrote them
+
+
+def translation_identity(checkpoint: str | Path, crop_size: int, preprocess: str) -> dict:
+    """What decides the translations: the checkpoint's bytes (sha256) and the test-time preprocessing."""
+    from qsattn.datasets import sha256_of
+
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(Path(checkpoint)),
+            "crop_size": crop_size, "preprocess": preprocess}
+
+
+def _same_source(record: dict, identity: dict) -> bool:
+    return all(record.get(k) == identity[k] for k in ("checkpoint_sha256", "crop_size", "preprocess"))
+
+
 @torch.no_grad()
 def translate_folder(G: torch.nn.Module, input_dir: str | Path, output_dir: str | Path, crop_size: int = 256,
-                     preprocess: str = "resize_and_crop", device="cpu", progress: bool = True) -> list[Path]:
+                     preprocess: str = "resize_and_crop", device="cpu", progress: bool = True,
+                     identity: dict | None = None) -> list[Path]:
     """Translate every image under input_dir into output_dir/<stem>.png; returns the written paths.
 
     Writes each file atomically, so an interrupted run leaves only complete images, and skips images
-    already translated (a restart continues where it stopped)."""
+    already translated (a restart continues where it stopped) only when they were written by the same
+    checkpoint: with `identity` (translation_identity) the folder records its source in RECORD, and
+    translations of another checkpoint (or without a record) are deleted and written again."""
     from tqdm import tqdm
 
     from qsattn.data import DataError, list_images, load_image_for_test, save_image
@@ -71,6 +90,17 @@ def translate_folder(G: torch.nn.Module, input_dir: str | Path, output_dir: str 
     written = []
     for stale in out.glob(".*.tmp.png"):  # left by a killed translation: hidden, but image readers see them
         stale.unlink(missing_ok=True)
+    if identity is not None:
+        try:
+            record = json.loads((out / RECORD).read_text())
+        except (OSError, ValueError):
+            record = {}
+        if not _same_source(record, identity):
+            for old in out.glob("*.png"):  # another checkpoint's (or unknown) translations: never reused
+                old.unlink()
+            from qsattn.atomic import atomic_write_text
+
+            atomic_write_text(out / RECORD, json.dumps(identity, indent=2))
     for path in tqdm(inputs, desc=f"translate {Path(input_dir).name}", unit="img", disable=not progress):
         target = out / f"{Path(path).stem}.png"
         if not target.exists():
@@ -103,6 +133,7 @@ def run(args) -> int:
     cfg = info.get("config", {})
     crop = args.crop_size or cfg.get("crop_size", 256)
     preprocess = args.preprocess or cfg.get("preprocess", "resize_and_crop")
-    paths = translate_folder(G, args.input, args.output, crop, preprocess, device)
+    paths = translate_folder(G, args.input, args.output, crop, preprocess, device,
+                             identity=translation_identity(args.checkpoint, crop, preprocess))
     print(f"wrote {len(paths)} images to {args.output}")
     return 0

@@ -1,7 +1,8 @@
 """The report's figures, each saved as PNG (for looking) and PDF (for the paper).
 
-- `primary_metric`: each dataset's primary metric (FID; the synthetic set's GT score) per method, last
-  and best checkpoint, mean with the seeds' spread and every seed as a dot, the paper's number as a star.
+- `primary_metric`: each dataset's primary metric (FID in the papers' mode, legacy_pytorch; the synthetic
+  set's GT score) per method, last and best checkpoint (selected on the test split, labelled so), mean with
+  the seeds' spread and every seed as a dot, the paper's number (same mode) as a star.
 - `loss_curves`: training losses over steps per method (mean over seeds, band: their spread).
 - `checkpoint_curves`: the primary metric over the scored epoch checkpoints; each run's best checkpoint
   and the last one marked.
@@ -116,11 +117,12 @@ def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path) -> dict[str
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=WHICH_COLORS[w], alpha=0.85, label=f"{w} checkpoint (mean ± 1 sd)") for w in whiches]
+    names = {"last": "final checkpoint", "best": "best checkpoint, selected on the test split (optimistic)"}
+    handles = [Patch(color=WHICH_COLORS[w], alpha=0.85, label=f"{names[w]} (mean ± 1 sd)") for w in whiches]
     handles.append(Line2D([], [], marker="o", ls="", color="black", label="one seed"))
     if has_paper:
         handles.append(Line2D([], [], marker="*", ls="--", color="#C44E52", markeredgecolor="black", markersize=15,
-                              label="paper"))
+                              label="paper (same FID mode)"))
     fig.tight_layout()
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False)
     return _save(fig, out, "primary_metric")
@@ -186,7 +188,7 @@ def checkpoint_curves(df: pd.DataFrame, history: pd.DataFrame, out: Path) -> dic
         handles, labels = ax.get_legend_handles_labels()
         handles += [Line2D([], [], marker="*", ls="", color="grey", markeredgecolor="black", markersize=13),
                     Line2D([], [], marker="s", ls="", markerfacecolor="white", markeredgecolor="grey", markersize=8)]
-        labels += ["best checkpoint (per run)", "last scored checkpoint (per run)"]
+        labels += ["best checkpoint (per run; selected on the test split)", "final checkpoint (per run)"]
         legend.update(zip(labels, handles))
         ax.get_legend().remove()
         epochs = sorted(sub["step"].unique())

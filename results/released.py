@@ -1,6 +1,6 @@
 """Score every official released generator that is on disk, for Table 1 from released models.
 
-    python -m results.released --out results/out/released [--mode legacy_pytorch] [-- EVAL OPTIONS]
+    python -m results.released --out results/out/released [--fid-modes clean,legacy_pytorch] [-- EVAL OPTIONS]
     python -m qsattn report --released results/out/released
 
 Each generator of eval/released.py whose file lies under checkpoints/released/ and whose dataset is
@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m results.released", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/out/released", help="folder of <NAME>.json (default: %(default)s)")
-    parser.add_argument("--mode", default="legacy_pytorch", choices=("clean", "legacy_pytorch"),
-                        help="FID protocol (default: legacy_pytorch, the papers')")
+    parser.add_argument("--fid-modes", default="clean,legacy_pytorch",
+                        help="FID/KID protocols, comma list (default: both; legacy_pytorch is the papers')")
     parser.add_argument("--data-root", default="datasets", help="where the datasets are prepared (default: datasets)")
     parser.add_argument("eval_options", nargs=argparse.REMAINDER, help="more `qsattn eval` options, after --")
     args = parser.parse_args(argv)
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(f"{name}: dataset {entry.dataset} is not prepared (python -m qsattn data {entry.dataset})")
             continue
         target = out / f"{name}.json"
-        cmd = [sys.executable, "-m", "qsattn", "eval", "--released", name, "--mode", args.mode, "--out", str(target),
-               *extra]
+        cmd = [sys.executable, "-m", "qsattn", "eval", "--released", name, "--fid-modes", args.fid_modes,
+               "--data-root", args.data_root, "--out", str(target), *extra]
         print("$", " ".join(cmd), flush=True)
         (scored if subprocess.run(cmd).returncode == 0 else failed).append(name)
     print(f"released generators scored: {len(scored)}, failed: {len(failed)}, not on disk: {len(missing)}")

@@ -7,11 +7,14 @@
 
 Each cell of the table is the mean ± standard deviation over the seeds that finished, with the number
 of seeds and a 95% confidence interval (Student t; one seed gives no interval, and the cell says so).
-Both the last checkpoint's value and the best checkpoint's value are shown, labelled: published FIDs
-are usually best-of-training (see the README, "Evaluation protocols"). The paper's number comes from
-results/paper_numbers.csv (never from this code); each of our cells gives the difference to it, and
-a dagger where the paper's number lies outside our interval. A cell without a value says why: not run,
-failed, still running, or not logged.
+Both the last checkpoint's value and the best checkpoint's value are shown, labelled: "best" is
+selected on the test split (optimistic, as the papers did), other metrics are read at the FID-best
+epoch (docs/evaluation.md). Every FID/KID column is one mode (clean or legacy_pytorch): values of
+two modes are never averaged or compared. The paper's number comes from results/paper_numbers.csv
+(never from this code) with its protocol (FID mode, checkpoint selection, image counts); a cell gives
+the difference to it, and a dagger where it lies outside our interval, only where the protocols
+match; otherwise it says why not. A cell without a value says why: not run, failed, still running,
+or not logged.
 
 Library use: `load_runs` (MLflow) or `load_run_dirs` (folders) give one tidy DataFrame, one row per
 run and metric; `table1_numbers` is the table as numbers (one row per method, dataset, metric and
@@ -51,17 +54,32 @@ DATASET_ALIASES = {"horse2zebra": "horse2zebra", "horsezebra": "horse2zebra", "c
                    "labelsphotos": "cityscapes", "cityscapeslabelsphotos": "cityscapes"}
 METRIC_ALIASES = {"fid": "fid", "kid": "kid", "map": "mAP", "pixacc": "pixAcc", "classacc": "classAcc",
                   "gtscore": "gt_score"}
+MODED = ("fid", "kid", "fid_standin", "kid_standin")  # values that exist once per FID mode (fid_clean, ...)
 
-# The table's metrics per dataset (first match by name prefix), in column order.
-TABLE_METRICS = (("cityscapes", ("fid", "mAP", "pixAcc", "classAcc")), ("synthetic", ("gt_score",)), ("", ("fid",)))
-LOWER_IS_BETTER = {"fid", "kid", "fid_standin", "kid_standin", "background_l1", "gt_l1"}
-METRIC_LABELS = {"fid": "FID", "kid": "KID", "fid_standin": "FID (stand-in)", "mAP": "mAP", "pixAcc": "pixAcc",
-                 "classAcc": "classAcc", "gt_score": "GT score"}
+# The table's metrics per dataset (first match by name prefix), in column order: both FID modes, the papers'
+# (legacy_pytorch) first.
+_FIDS = ("fid_legacy_pytorch", "fid_clean")
+TABLE_METRICS = (("cityscapes", (*_FIDS, "mAP", "pixAcc", "classAcc")), ("synthetic", ("gt_score",)), ("", _FIDS))
+
+
+def _value_tables():
+    """Directions and labels, from the one place they are declared (eval.registry.VALUES)."""
+    from eval.registry import VALUES
+
+    lower = {name for name, v in VALUES.items() if v.lower_is_better} | {"fid", "kid", "fid_standin", "kid_standin"}
+    labels = {name: v.label for name, v in VALUES.items()} | {"fid": "FID [mode unknown]", "kid": "KID [mode unknown]"}
+    return lower, labels
+
+
+LOWER_IS_BETTER, METRIC_LABELS = _value_tables()
 WHICH = ("last", "best")
+WHICH_LABELS = {"last": "last", "best": "best (test-selected)", "paper": "paper"}
+# The paper's checkpoint selection that each of our columns matches (paper_numbers.csv `selection`).
+SELECTION_OF = {"last": "last", "best": "best-of-training"}
 DATASET_ORDER = ("horse2zebra", "cat2dog", "cityscapes")
 OUTSIDE_MARK = "†"
 RUN_COLUMNS = ["sweep", "cell", "variant", "method", "dataset", "seed", "status", "status_detail", "run_id",
-               "run_dir", "git_commit", "fid_mode", "drn_arch", "start_time"]
+               "run_dir", "git_commit", "fid_mode", "drn_arch", "n_generated", "n_real", "start_time"]
 
 
 class ReportError(UserError):
@@ -90,27 +108,63 @@ def dataset_id(name: str) -> str:
     return DATASET_ALIASES.get(_key(name), str(name))
 
 
-def metric_id(name: str) -> str:
-    return METRIC_ALIASES.get(_key(name), str(name))
+def metric_id(name: str, fid_mode: str = "") -> str:
+    """A paper's metric name -> ours; FID and KID carry their mode (fid_legacy_pytorch), 'fid' if unknown."""
+    base = METRIC_ALIASES.get(_key(name), str(name))
+    mode = "" if fid_mode is None or fid_mode != fid_mode else str(fid_mode).strip()
+    return f"{base}_{mode}" if base in MODED and mode and mode != "unknown" else base
+
+
+def with_mode(metric: str, fid_mode: str) -> str:
+    """A run's value logged without its mode (fid_last, checkpoint_kid: stores written before the modes were
+    scored side by side) -> its name with the mode the run's protocol records ('' leaves it alone)."""
+    if not fid_mode or fid_mode != fid_mode:
+        return metric
+    prefix = "checkpoint_" if metric.startswith("checkpoint_") else ""
+    core = metric[len(prefix):]
+    for base in sorted(MODED, key=len, reverse=True):
+        for suffix in ("_last", "_best", ""):
+            if core == base + suffix:
+                return f"{prefix}{base}_{fid_mode}{suffix}"
+    return metric
+
+
+PAPER_COLUMNS = ["method", "dataset", "metric", "value", "fid_mode", "selection", "generated", "reference", "source",
+                 "paper_method"]
+SELECTIONS = ("best-of-training", "last", "unknown")
 
 
 def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
-    """The published numbers, with our ids: columns method, dataset, metric, value, source, paper_method."""
-    paper = pd.read_csv(path, dtype={"method": str, "dataset": str, "metric": str, "source": str})
+    """The published numbers with our ids and their protocol: columns method, dataset, metric (with the FID
+    mode: fid_legacy_pytorch), value, fid_mode, selection (best-of-training | last | unknown), generated and
+    reference (image counts, NaN if unknown), source, paper_method. Protocol columns may be missing (then
+    unknown: such a number is shown but never compared)."""
+    paper = pd.read_csv(path, dtype={"method": str, "dataset": str, "metric": str, "source": str, "fid_mode": str,
+                                     "selection": str})
     missing = {"method", "dataset", "metric", "value"} - set(paper.columns)
     if missing:
-        raise ReportError(f"{path}: missing columns {sorted(missing)}; expected method,dataset,metric,value,source")
+        raise ReportError(f"{path}: missing columns {sorted(missing)}; expected method,dataset,metric,value,"
+                          "fid_mode,selection,generated,reference,source")
     paper = paper.rename(columns={"method": "paper_method"})
+    for col, default in (("source", ""), ("fid_mode", ""), ("selection", "unknown"), ("generated", np.nan),
+                         ("reference", np.nan)):
+        if col not in paper:
+            paper[col] = default
+    paper["fid_mode"] = paper["fid_mode"].fillna("")
+    paper["selection"] = paper["selection"].fillna("unknown")
+    bad = sorted(set(paper["selection"]) - set(SELECTIONS))
+    if bad:
+        raise ReportError(f"{path}: selection {bad[0]!r} is not one of {', '.join(SELECTIONS)}")
     paper["method"] = paper["paper_method"].map(method_id)
     paper["dataset"] = paper["dataset"].map(dataset_id)
-    paper["metric"] = paper["metric"].map(metric_id)
+    paper["metric"] = [metric_id(m, mode) for m, mode in zip(paper["metric"], paper["fid_mode"])]
     paper["value"] = pd.to_numeric(paper["value"])
-    if "source" not in paper:
-        paper["source"] = ""
+    for col in ("generated", "reference"):
+        paper[col] = pd.to_numeric(paper[col], errors="coerce")
     dup = paper.duplicated(["method", "dataset", "metric"], keep=False)
     if dup.any():
-        raise ReportError(f"{path}: several values for the same method, dataset and metric:\n{paper[dup]}")
-    return paper[["method", "dataset", "metric", "value", "source", "paper_method"]]
+        raise ReportError(f"{path}: several values for the same method, dataset, metric and FID mode:\n{paper[dup]}")
+    return paper[PAPER_COLUMNS]
 
 
 # --- loading runs -------------------------------------------------------------------------------------------
@@ -139,8 +193,8 @@ def _records(run_dir: str | None) -> dict[str, dict]:
 def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: dict,
                folder_state: str = "") -> tuple[str, str]:
     """(finished | failed | running | interrupted, why). MLflow's own status is not enough: training that
-    fails sets the tag last_status and leaves the run open for a resume; the pipeline reopens a trained run
-    to log its evaluation; the sweep's job records say when a job failed after training; a run left open
+    fails ends FAILED or KILLED (older stores: the tag last_status) and a resume reopens it; the pipeline
+    reopens a trained run to log its evaluation; the sweep's job records say when a job failed after training; a run left open
     by a killed job is running only if its folder says so (`folder_state`: slurm.status.folder_status)."""
     latest = max(records, key=lambda k: records[k].get("time", 0)) if records else ""
     if latest == "failed":
@@ -224,14 +278,38 @@ def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFram
             method=method, dataset=dataset, seed=int(seed) if str(seed).lstrip("-").isdigit() else seed,
             status=status, status_detail=why, run_id=run.info.run_id, run_dir=run_dir,
             git_commit=tags.get("git_commit", ""),
-            fid_mode=tags.get("protocol.fid_kid.mode") or params.get("fid_mode", ""),
-            drn_arch=tags.get("protocol.cityscapes_seg.drn_arch") or params.get("drn_arch", ""),
+            **_protocol_columns({k[len("protocol."):]: v for k, v in tags.items() if k.startswith("protocol.")},
+                                params.get("fid_mode", "")),
+            drn_arch=tags.get("protocol.cityscapes_seg.segmenter") or params.get("drn_arch", ""),
             start_time=run.info.start_time)
+        metrics = {with_mode(k, base["fid_mode"]): v for k, v in metrics.items()}
         rows += [dict(base, metric=k, value=float(v)) for k, v in sorted(metrics.items())] or \
             [dict(base, metric=np.nan, value=np.nan)]
     df = pd.DataFrame(rows, columns=RUN_COLUMNS + ["metric", "value"])
     df.attrs.update(source="mlflow", tracking_uri=uri, experiment=experiment)
     return df
+
+
+def _protocol_columns(flat: dict, fid_mode: str = "") -> dict:
+    """fid_mode (only for runs scored in one mode, without the mode in their names), n_generated, n_real from
+    protocol entries {'fid_kid_<mode>.n_real': ...} (MLflow tags) or {'fid_kid_<mode>': {...}} (metrics.json)."""
+    nested: dict = {}
+    for k, v in flat.items():
+        if isinstance(v, dict):
+            nested[k] = v
+        elif "." in k:
+            name, field = k.split(".", 1)
+            nested.setdefault(name, {})[field] = v
+    old = nested.get("fid_kid", {})  # one mode, its values logged without it
+    counts = next((p for name, p in sorted(nested.items()) if name.startswith("fid_kid")), {})
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return np.nan
+    return dict(fid_mode=old.get("mode") or fid_mode or "", n_generated=num(counts.get("n_generated")),
+                n_real=num(counts.get("n_real")))
 
 
 def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
@@ -270,14 +348,15 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
                     variant=_variant(run_dir.name, cfg.get("method"), cfg.get("dataset"), cfg.get("seed")),
                     method=cfg.get("method", ""), dataset=cfg.get("dataset", ""), seed=cfg.get("seed", ""),
                     status=status, status_detail=why, run_id=run_dir.name, run_dir=str(run_dir.absolute()),
-                    git_commit="", fid_mode=protocol.get("fid_kid", {}).get("mode") or cfg.get("fid_mode", ""),
-                    drn_arch=protocol.get("cityscapes_seg", {}).get("drn_arch") or cfg.get("drn_arch", ""),
+                    git_commit="", **_protocol_columns(protocol, cfg.get("fid_mode", "")),
+                    drn_arch=protocol.get("cityscapes_seg", {}).get("segmenter") or cfg.get("drn_arch", ""),
                     start_time=int(cfg_file.stat().st_mtime * 1000))
         values = {k: v for k, v in metrics.get("metrics", {}).items() if isinstance(v, (int, float))}
         for epoch, m in metrics.get("history", {}).items():  # the latest checkpoint's, as MLflow shows it
             for k, v in m.items():
                 if isinstance(v, (int, float)):
                     values[f"checkpoint_{k}"] = v
+        values = {with_mode(k, base["fid_mode"]): v for k, v in values.items()}
         rows += [dict(base, metric=k, value=float(v)) for k, v in sorted(values.items())] or \
             [dict(base, metric=np.nan, value=np.nan)]
     if not rows:
@@ -302,11 +381,11 @@ def load_released(folder: str | Path) -> pd.DataFrame:
         protocol = result.get("protocol", {})
         base = dict(sweep="released", cell=path.stem, variant="", method=entry.method, dataset=entry.dataset,
                     seed="released", status="finished", status_detail=entry.source, run_id=path.stem, run_dir="",
-                    git_commit="", fid_mode=protocol.get("fid_kid", {}).get("mode", ""),
-                    drn_arch=protocol.get("cityscapes_seg", {}).get("drn_arch", ""),
+                    git_commit="", **_protocol_columns(protocol),
+                    drn_arch=protocol.get("cityscapes_seg", {}).get("segmenter", ""),
                     start_time=int(path.stat().st_mtime * 1000))
-        rows += [dict(base, metric=f"{k}_last", value=float(v)) for k, v in result.get("metrics", {}).items()
-                 if isinstance(v, (int, float)) and not k.startswith("n_")]
+        rows += [dict(base, metric=with_mode(f"{k}_last", base["fid_mode"]), value=float(v))
+                 for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float)) and not k.startswith("n_")]
     if not rows:
         raise ReportError(f"no scored released generators in {folder}; run `python -m results.released --out {folder}`")
     df = pd.DataFrame(rows, columns=RUN_COLUMNS + ["metric", "value"])
@@ -332,16 +411,21 @@ def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.D
                  if (keys and k in keys) or (prefix and k.startswith(prefix))]
         ident = {c: run[c] for c in cols[:6]}
         if client is not None:
+            logged_as = {with_mode(k, run.get("fid_mode", "")): k for k in client.get_run(run.run_id).data.metrics} \
+                if run.get("fid_mode") else {}
             for k in sorted(names):
-                rows += [dict(ident, metric=k, step=m.step, value=m.value) for m in client.get_metric_history(run.run_id, k)]
+                rows += [dict(ident, metric=k, step=m.step, value=m.value)
+                         for m in client.get_metric_history(run.run_id, logged_as.get(k, k))]
         elif run.run_dir:
             try:
                 history = json.loads((Path(run.run_dir) / "metrics.json").read_text()).get("history", {})
             except (OSError, ValueError):
                 history = {}
+            mode = run.get("fid_mode", "")
             for epoch, m in history.items():
-                rows += [dict(ident, metric=f"checkpoint_{k}", step=int(epoch), value=float(v)) for k, v in m.items()
-                         if f"checkpoint_{k}" in names and isinstance(v, (int, float))]
+                rows += [dict(ident, metric=with_mode(f"checkpoint_{k}", mode), step=int(epoch), value=float(v))
+                         for k, v in m.items()
+                         if with_mode(f"checkpoint_{k}", mode) in names and isinstance(v, (int, float))]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -354,8 +438,12 @@ def table_metrics(dataset: str, df: pd.DataFrame | None = None, paper: pd.DataFr
     metrics = list(next(m for prefix, m in TABLE_METRICS if dataset.startswith(prefix)))
     if df is not None:
         logged = set(df.loc[df["dataset"] == dataset, "metric"].dropna())
-        if "fid" in metrics and "fid_last" not in logged and "fid_standin_last" in logged:
-            metrics[metrics.index("fid")] = "fid_standin"
+        for i, m in enumerate(metrics):
+            standin = m.replace("fid_", "fid_standin_", 1)
+            if m.startswith("fid_") and f"{m}_last" not in logged and f"{standin}_last" in logged:
+                metrics[i] = standin
+        if "fid_last" in logged:  # runs whose mode nothing records: a column of their own, compared with nothing
+            metrics.append("fid")
     if paper is not None:
         metrics += [m for m in paper.loc[paper["dataset"] == dataset, "metric"] if m not in metrics]
     return metrics
@@ -442,22 +530,44 @@ def table1_numbers(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Da
                     if cell.empty:
                         notes = ["not run"]
                     paper_value = float(ref.value) if ref is not None else np.nan
-                    outside = bool(len(have) > 1 and not np.isnan(paper_value) and not lo <= paper_value <= hi)
+                    why_not = _not_comparable(ref, which, done) if ref is not None and have else ""
+                    comparable = bool(ref is not None and have and not why_not)
+                    outside = bool(comparable and len(have) > 1 and not lo <= paper_value <= hi)
                     out.append(dict(method=row_label(method, variant), dataset=dataset, metric=metric, which=which,
                                     n=len(have), mean=mean, std=std, ci_low=lo, ci_high=hi,
                                     seeds=",".join(map(str, seeds)), paper=paper_value,
                                     paper_source=ref.source if ref is not None else "",
-                                    diff=mean - paper_value, paper_outside_ci=outside, note="; ".join(notes),
-                                    lower_is_better=metric in LOWER_IS_BETTER))
+                                    paper_fid_mode=ref.fid_mode if ref is not None else "",
+                                    paper_selection=ref.selection if ref is not None else "",
+                                    selection=("best checkpoint selected on the test split" if which == "best"
+                                               else "final checkpoint"),
+                                    comparable=comparable, not_comparable=why_not,
+                                    diff=mean - paper_value if comparable else np.nan, paper_outside_ci=outside,
+                                    note="; ".join(notes), lower_is_better=metric in LOWER_IS_BETTER))
     return pd.DataFrame(out)
 
 
+def _not_comparable(ref, which: str, done: pd.DataFrame) -> str:
+    """Why our value (column `which`) and the paper's are not measured the same way ('' when they are): the
+    FID mode is in the metric's name already; here the checkpoint selection and the image counts."""
+    if ref.selection == "unknown":
+        return "no Δ: the paper's checkpoint selection is unknown"
+    if ref.selection != SELECTION_OF[which]:
+        return f"no Δ: the paper's is {ref.selection}, this column is {SELECTION_OF[which]}"
+    for col, what in (("generated", "generated"), ("reference", "reference")):
+        ours = {v for v in done[f"n_{'real' if col == 'reference' else 'generated'}"] if v == v}
+        theirs = getattr(ref, col)
+        if theirs == theirs and ours and ours != {theirs}:
+            return (f"no Δ: {what} images differ (paper {theirs:.0f}, ours "
+                    f"{', '.join(f'{v:.0f}' for v in sorted(ours))})")
+    return ""
+
+
 def _digits(*values) -> int:
-    """Decimals to print: one for FID-sized numbers, at least three significant figures below 1."""
+    """Decimals to print: two for FID-sized numbers (published FIDs are compared to 0.01), at least three
+    significant figures below 1."""
     finite = [abs(v) for v in values if v is not None and v == v and v != 0]
     big = max(finite) if finite else 0
-    if big >= 10:
-        return 1
     if big >= 1 or big == 0:
         return 2
     return max(3, 2 - math.floor(math.log10(big)))
@@ -475,8 +585,10 @@ def format_cell(r, latex: bool = False) -> str:
     else:
         text += f"{pm}{r.std:.{d}f}"
         extra = f"n={r.n}, CI [{r.ci_low:.{d}f}, {r.ci_high:.{d}f}]"
-    if r.paper == r.paper:
+    if r.comparable:
         extra += f", Δ {r.diff:+.{d}f}" if not latex else f", $\\Delta$ {r.diff:+.{d}f}"
+    elif r.not_comparable:
+        extra += f", {r.not_comparable}"
     mark = ("$^\\dagger$" if latex else f" {OUTSIDE_MARK}") if r.paper_outside_ci else ""
     note = f"; {r.note}" if r.note else ""
     if latex:
@@ -487,7 +599,8 @@ def format_cell(r, latex: bool = False) -> str:
 def format_paper(r, latex: bool = False) -> str:
     if r.paper != r.paper:
         return "\\textit{no published value}" if latex else "no published value"
-    return f"{r.paper:.{_digits(r.paper)}f}"
+    text = f"{r.paper:.{_digits(r.paper)}f}"
+    return f"{text} ({_tex(r.paper_selection) if latex else r.paper_selection})" if r.paper_selection else text
 
 
 def metric_label(metric: str) -> str:
@@ -495,18 +608,28 @@ def metric_label(metric: str) -> str:
     return f"{label} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
 
 
+def which_label(metric: str, which: str) -> str:
+    """'best (test-selected)' for a value that picks its checkpoint, 'at FID-best epoch (test-selected)' for
+    one read at another value's best checkpoint (eval.registry.VALUES[...].at)."""
+    from eval.registry import VALUES
+
+    if which == "best" and metric in VALUES and VALUES[metric].at is not None:
+        return "at the FID-best epoch (test-selected)"
+    return WHICH_LABELS[which]
+
+
 def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None, numbers: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1 as text: rows = methods, columns = (dataset, metric, last | best | paper). Our cells read
     'mean ± std (n=…, CI […], Δ vs paper)', with † where the paper's number is outside our 95% CI."""
     numbers = table1_numbers(df, paper) if numbers is None else numbers
     cells = {}
+    fields = {}
     for r in numbers.itertuples():
-        cells[(r.method, (r.dataset, metric_label(r.metric), r.which))] = format_cell(r)
+        cells[(r.method, (r.dataset, metric_label(r.metric), which_label(r.metric, r.which)))] = format_cell(r)
         cells[(r.method, (r.dataset, metric_label(r.metric), "paper"))] = format_paper(r)
+        fields.setdefault((r.dataset, metric_label(r.metric)), [which_label(r.metric, w) for w in WHICH] + ["paper"])
     rows = list(dict.fromkeys(m for m, _ in cells))
-    fields = ("last", "best", "paper")
-    cols = list(dict.fromkeys((d, m) for d, m, _ in dict.fromkeys(c for _, c in cells)))
-    cols = [(d, m, f) for d, m in cols for f in fields]
+    cols = [(d, m, f) for (d, m), names in fields.items() for f in names]
     table = pd.DataFrame([[cells.get((m, c), "") for c in cols] for m in rows], index=pd.Index(rows, name="method"),
                          columns=pd.MultiIndex.from_tuples(cols, names=["dataset", "metric", "value"]))
     return table
@@ -515,9 +638,13 @@ def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None, numbers: pd.Data
 # --- writers --------------------------------------------------------------------------------------------
 
 LEGEND = (f"Each cell: mean ± sample std over the seeds that finished (n), 95% CI (Student t; n=1 has none), "
-          f"Δ = ours − paper. {OUTSIDE_MARK}: the paper's number lies outside our 95% CI. 'last': the final "
-          "checkpoint; 'best': the best of the scored epoch checkpoints (published FIDs are usually "
-          "best-of-training). ↓ lower is better, ↑ higher is better.")
+          f"Δ = ours − paper, given only where the paper's protocol matches (same FID mode, checkpoint selection "
+          f"and image counts; otherwise the cell says why not). {OUTSIDE_MARK}: the paper's number lies outside "
+          "our 95% CI. Each FID column is one mode: legacy_pytorch (pytorch-fid's Inception and resize, the "
+          "papers' protocol) or clean (clean-fid's); modes are never mixed. 'last': the final checkpoint; "
+          "'best (test-selected)': the best of the scored checkpoints (the final one included), selected on the "
+          "test split, as the papers did (optimistic); other metrics are read at the FID-best epoch. "
+          "↓ lower is better, ↑ higher is better.")
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -536,8 +663,11 @@ def protocol_lines(df: pd.DataFrame) -> list[str]:
     runs = df.drop_duplicates("run_id")
     fid_runs = df.loc[df["metric"].isin(["fid_last", "fid_standin_last"]), "run_id"]
     seg_runs = df.loc[df["metric"] == "mAP_last", "run_id"]
-    lines = []
-    for col, label, which in (("fid_mode", "FID mode", fid_runs), ("drn_arch", "DRN (Cityscapes scores)", seg_runs),
+    modes = sorted({m.split("_", 1)[1].rsplit("_", 1)[0].removeprefix("standin_") for m in df["metric"].dropna()
+                    if re.fullmatch(r"fid_(standin_)?(clean|legacy_pytorch)_last", m)})
+    lines = [f"FID/KID modes scored: {', '.join(modes)} (each column names its mode)"] if modes else []
+    for col, label, which in (("fid_mode", "FID mode of runs without it in their names", fid_runs),
+                              ("drn_arch", "DRN (Cityscapes scores)", seg_runs),
                               ("git_commit", "git commit", runs["run_id"])):
         sel = runs.loc[runs["run_id"].isin(which), col]
         vals = sorted({str(v)[:12] for v in sel if v not in ("", None) and v == v})
@@ -579,7 +709,7 @@ def to_latex(numbers: pd.DataFrame, title: str) -> str:
     spans = [(d, sum(1 for dd, _ in cols if dd == d)) for d in datasets]
     lines.append(" & " + " & ".join(f"\\multicolumn{{{3 * k}}}{{c}}{{{_tex(d)}}}" for d, k in spans) + " \\\\")
     lines.append(" & " + " & ".join(f"\\multicolumn{{3}}{{c}}{{{_tex(metric_label(m))}}}" for _, m in cols) + " \\\\")
-    lines.append("method & " + " & ".join("last & best & paper" for _ in cols) + " \\\\")
+    lines.append("method & " + " & ".join("last & best (test-sel.) & paper" for _ in cols) + " \\\\")
     lines.append("\\midrule")
     for method in methods:
         cells = []
@@ -637,7 +767,8 @@ def add_arguments(parser) -> None:
                         help="the official released generators scored by `python -m results.released --out DIR`")
     parser.add_argument("--out", default=None, help="output folder (default: results/out/<experiment>/)")
     parser.add_argument("--paper", default=str(PAPER_CSV),
-                        help="published numbers, CSV method,dataset,metric,value,source (default: %(default)s)")
+                        help="published numbers, CSV method,dataset,metric,value,fid_mode,selection,generated,reference,source "
+             "(default: %(default)s)")
     parser.add_argument("--data-root", default=None,
                         help="where the datasets are, for the qualitative grid's inputs (default: each run's "
                              "data_root)")

@@ -169,18 +169,26 @@ def _tensor_sizes(net: tuple) -> tuple[int, int, int]:
         F.build(encoder_channels(G, cfg.nce_layers, cfg.input_nc), torch.device("meta"))
     saved = [t for m in (G, D, F) for t in m.state_dict().values()]
     params = [p for m in (G, D, F) for p in m.parameters() if p.requires_grad]
-    return sum(t.numel() for t in saved), sum(p.numel() for p in params), len(saved), len(params)
+    g_saved = list(G.state_dict().values())
+    return (sum(t.numel() for t in saved), sum(p.numel() for p in params), len(saved), len(params),
+            sum(t.numel() for t in g_saved), len(g_saved))
 
 
 def checkpoint_bytes(cfg) -> int:
-    """Size of one latest.pt / epoch_NNNN.pt: G, D, F in float32 and Adam's exp_avg and exp_avg_sq."""
-    saved, params, n_saved, n_params = _tensor_sizes(tuple(getattr(cfg, k) for k in NETWORK_KEYS))
+    """Size of latest.pt: G, D, F in float32 and Adam's exp_avg and exp_avg_sq."""
+    saved, params, n_saved, n_params, _, _ = _tensor_sizes(tuple(getattr(cfg, k) for k in NETWORK_KEYS))
     return 4 * saved + 8 * params + PER_TENSOR * (n_saved + 2 * n_params) + CHECKPOINT_EXTRA
+
+
+def epoch_checkpoint_bytes(cfg) -> int:
+    """Size of one kept epoch_NNNN.pt: the generator only (qsattn.train.epoch_checkpoint)."""
+    *_, g_saved, n_g = _tensor_sizes(tuple(getattr(cfg, k) for k in NETWORK_KEYS))
+    return 4 * g_saved + PER_TENSOR * n_g + CHECKPOINT_EXTRA
 
 
 def weights_bytes(cfg) -> int:
     """The exported latest_net_{G,D,F}.pth."""
-    saved, _, n_saved, _ = _tensor_sizes(tuple(getattr(cfg, k) for k in NETWORK_KEYS))
+    saved, _, n_saved, _, _, _ = _tensor_sizes(tuple(getattr(cfg, k) for k in NETWORK_KEYS))
     return 4 * saved + PER_TENSOR * n_saved
 
 
@@ -203,7 +211,7 @@ def cell_cost(cell: Cell, gpu: str | None) -> CellCost:
         cost.sec_per_step, cost.time_source = step_time(cfg, gpu)
     try:
         cost.checkpoint_bytes = checkpoint_bytes(cfg)
-        cost.disk_bytes = cost.checkpoint_bytes * (1 + cost.kept_epochs) + weights_bytes(cfg)
+        cost.disk_bytes = cost.checkpoint_bytes + epoch_checkpoint_bytes(cfg) * cost.kept_epochs + weights_bytes(cfg)
     except ImportError:  # torch missing where the bill is printed: no disk figure
         pass
     return cost
@@ -309,7 +317,8 @@ def format_bill(items: list[CellCost], gpu: str | None, why: str, left: dict[str
     if sized:
         c = max(sized, key=lambda c: c.disk_bytes or 0)
         lines.append(f"  disk per cell up to {human_bytes(c.disk_bytes)}: latest.pt {human_bytes(c.checkpoint_bytes)}"
-                     f" + {c.kept_epochs} kept epoch checkpoints (keep_epoch_checkpoints) + final weights; one more "
+                     f" + {c.kept_epochs} kept epoch checkpoints (keep_epoch_checkpoints, generator only) + final "
+                     "weights; one more "
                      "checkpoint while a save is written; translations and samples not counted")
     return "\n".join(lines)
 

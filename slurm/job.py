@@ -25,7 +25,7 @@ import submitit
 from qsattn.config import Config
 
 RECORDS = ("submitted", "started", "finished", "failed", "preempted")
-STAGES = ("full", "train")
+STAGES = ("full", "train", "eval")
 BUSY = "running elsewhere"  # the result state of a job whose cell another live process holds
 
 
@@ -71,6 +71,13 @@ def train_only(cfg: Config) -> dict:
     run_dir = train(cfg, progress=False)
     done = Run(cfg).done
     return {"run_dir": str(run_dir), "trained": done.read_text().strip() if done.exists() else ""}
+
+
+def eval_only(cfg: Config) -> dict:
+    """`--stage eval`: re-score a trained cell under the grid's evaluation keys (no training)."""
+    from qsattn.pipeline import evaluate_run
+
+    return evaluate_run(cfg, progress=False)
 
 
 def full_cell(cfg: Config) -> dict:
@@ -130,7 +137,7 @@ class CellJob(submitit.helpers.Checkpointable):
         return result
 
     def run_cell(self) -> dict:
-        return (full_cell if self.stage == "full" else train_only)(self.cfg)
+        return {"full": full_cell, "train": train_only, "eval": eval_only}[self.stage](self.cfg)
 
     def _run_saving_on_preemption(self) -> dict:
         """submitit's USR2 handler requeues and exits at once, losing the steps since the last checkpoint.

@@ -50,9 +50,12 @@ def run_dir(cfg: Config) -> Path:
 
 
 def is_finished(cfg: Config, stage: str) -> bool:
-    """What `status` calls done (full) or trained (train): no need to start it again."""
+    """What `status` calls done (full) or trained (train): no need to start it again. An eval stage
+    re-scores even a scored cell, so it is never finished beforehand."""
     folder = run_dir(cfg)
     trained = (folder / DONE_FILE).exists()
+    if stage == "eval":
+        return False
     return trained if stage == "train" else trained and (folder / "metrics.json").exists()
 
 

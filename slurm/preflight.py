@@ -127,8 +127,8 @@ def check_datasets(cells: list[Cell], stage: str, checks: Checks) -> None:
             checks.add(f"dataset folder {folder} does not exist", fix, group)
             continue
         expected = dict(REGISTRY[name].counts) if name in REGISTRY else {}
-        needed = list(TRAIN_SPLITS) + (list(TEST_SPLITS) if stage == "full" else [])
-        if stage == "full":
+        needed = list(TRAIN_SPLITS) + (list(TEST_SPLITS) if stage in ("full", "eval") else [])
+        if stage in ("full", "eval"):
             needed += [s for s in expected if s not in needed]  # e.g. Cityscapes' testA_labelIds
         counts = {split: count_images(folder / split) for split in needed}
         empty = [s for s in needed if counts[s] == 0]
@@ -160,12 +160,16 @@ def metrics_of(cfg) -> list[str]:
 
 def check_eval_weights(cells: list[Cell], cluster: str, checks: Checks, fetch: bool) -> None:
     fid_cells = [c for c in cells if {"fid", "kid"} & set(metrics_of(c.config))]
-    for (mode, given), group in _groups(fid_cells, lambda c: (c.config.fid_mode, c.config.inception_weights)).items():
-        _check_inception(mode, given, cluster, group, checks, fetch)
+    from qsattn.config import fid_modes
+
+    per_mode = [(mode, c) for c in fid_cells for mode in fid_modes(c.config)]
+    for (mode, given), pairs in _groups(per_mode, lambda mc: (mc[0], mc[1].config.inception_weights)).items():
+        _check_inception(mode, given, cluster, [c for _, c in pairs], checks, fetch)
     seg_cells = [c for c in cells if "cityscapes_seg" in metrics_of(c.config)]
     for (arch, path), group in _groups(seg_cells, lambda c: (c.config.drn_arch, c.config.drn_weights)).items():
-        where = (f"download {arch}_cityscapes.pth (fyu/drn's README, pretrained segmentation models) and set "
-                 f"`drn_weights: PATH` (and `drn_arch: {arch}`) in the grid's defaults")
+        from eval.weights import drn_how
+
+        where = f"{drn_how(arch)} and set `drn_weights: PATH` (and `drn_arch: {arch}`) in the grid's defaults"
         if not path:
             checks.add(f"the Cityscapes segmentation score needs DRN weights ({arch}); drn_weights is not set",
                        where, group)
@@ -175,16 +179,20 @@ def check_eval_weights(cells: list[Cell], cluster: str, checks: Checks, fetch: b
 
 def _check_inception(mode: str, given: str, cluster: str, cells: list[Cell], checks: Checks, fetch: bool) -> None:
     try:
-        from eval.fid import INCEPTION, WEIGHTS_ENV, resolve_inception_weights
+        from eval.fid import INCEPTION, WEIGHTS_ENV, resolve_inception_weights, weights_for_mode
         from eval.folders import EvalError
     except ImportError as exc:
         checks.add(f"FID needs clean-fid, which cannot be imported here ({exc})",
                    "install the project (`make install`: pyproject.toml pins it)", cells)
         return
     spec = INCEPTION[mode]
-    given = given or os.environ.get(WEIGHTS_ENV, "")
-    fix = (f"download {spec.url} and set `inception_weights: PATH` in the grid's defaults (or export "
-           f"{WEIGHTS_ENV}=PATH)")
+    fix = (f"download {spec.url} and set `inception_weights: {mode}=PATH` in the grid's defaults (or export "
+           f"{WEIGHTS_ENV}={mode}=PATH)")
+    try:
+        given = weights_for_mode(mode, given) or weights_for_mode(mode, os.environ.get(WEIGHTS_ENV, "")) or ""
+    except EvalError as exc:
+        checks.add(str(exc), fix, cells)
+        return
     if given:
         if not Path(given).is_file():
             checks.add(f"Inception weights {given} (FID mode {mode}) do not exist", fix, cells)
@@ -279,7 +287,7 @@ def preflight(cells: list[Cell], *, cluster: str, stage: str, profile: dict, fol
     checks = Checks()
     notes = ensure_synthetic(cells, checks, generate_now=not dry_run)
     check_datasets(cells, stage, checks)
-    if stage == "full":
+    if stage in ("full", "eval"):
         check_eval_weights(cells, cluster, checks, fetch=not dry_run)
     check_paths(cells, folder, checks)
     check_tracking(cells, checks)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from slurm.grid import Cell, GridError, expand, select
 
-PRIMARY_METRICS = ("fid_last", "fid", "gt_score_last", "gt_score", "fid_standin_last", "mAP_last", "kid_last")
+PRIMARY_METRICS = ("fid_legacy_pytorch_last", "fid_clean_last", "fid_last", "gt_score_last", "gt_score",
+                   "fid_standin_legacy_pytorch_last", "fid_standin_clean_last", "mAP_last")
 TRAIN_METRICS = ("NCE", "G", "D")
 DONE_FILE = "DONE"  # qsattn.train.DONE_FILE; not imported from there, which would import torch
 

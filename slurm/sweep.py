@@ -198,6 +198,12 @@ def plan(cells: list[Cell], stage: str, retry_failed: bool = True) -> tuple[list
     for cell in cells:
         st = cell_status(cell, live)
         done = st.state == "done" or (stage == "train" and st.state == "trained")
+        if stage == "eval" and not st.holder and st.state in ("done", "trained"):
+            todo.append(cell)  # re-scored under the grid's evaluation keys, without training
+            continue
+        if stage == "eval" and not st.holder and st.state not in ("running", "queued"):
+            skipped[cell.name] = f"not trained ({st.state}): train it first (--stage train or full)"
+            continue
         if done:
             skipped[cell.name] = "done"
         elif st.holder:
@@ -380,8 +386,10 @@ def add_arguments(parser) -> None:
                         help="cells at once (default: profile max_parallel; else locally one job per visible GPU, "
                              "or on a CPU 1 cell per 2 cores, or cells_per_gpu cells when packing); slurm: sets "
                              "array parallelism to this / cells_per_gpu jobs")
-    parser.add_argument("--stage", choices=("full", "train"), default="full",
-                        help="full: train, translate, evaluate (default); train: training only")
+    parser.add_argument("--stage", choices=("full", "train", "eval"), default="full",
+                        help="full: train, translate, evaluate (default); train: training only; eval: re-score "
+                             "trained cells under the grid's evaluation keys (fid_modes, eval_checkpoints, "
+                             "drn_*), no training")
     parser.add_argument("--no-retry", action="store_true", help="leave failed cells alone")
     parser.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print their results")
     parser.add_argument("--folder", default=None,

@@ -52,7 +52,8 @@ def test_roles_decide_the_cell_id_and_resume_key_sets():
     for key in ("lr", "qs_mode", "num_patches", "seed", "amp", "matmul_tf32", "deterministic", "dataset"):
         assert key not in RESUMABLE_KEYS, key
     # evaluation settings can change after training (re-score without retraining)
-    assert {"fid_mode", "drn_arch", "eval_metrics", "inception_weights", "drn_weights"} <= NOT_IN_CELL_ID
+    assert {"fid_modes", "eval_checkpoints", "drn_arch", "drn_sha256", "eval_metrics", "inception_weights",
+            "drn_weights"} <= NOT_IN_CELL_ID & RESUMABLE_KEYS
     # the speed options that keep the maths are runtime keys
     assert {"adam_impl", "compile", "cudnn_benchmark", "pin_memory"} <= NOT_IN_CELL_ID
 

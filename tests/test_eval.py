@@ -92,26 +92,31 @@ def folders(tmp_path):
     return tmp_path
 
 
-def test_fid_pipeline_with_standin_matches_direct_computation_and_is_labelled(folders):
+@pytest.mark.parametrize("mode", ["clean", "legacy_pytorch"])
+def test_fid_pipeline_with_standin_matches_direct_computation_and_is_labelled(folders, mode):
+    """Each mode's images go through clean-fid's own resizer of that mode (build_resizer: PIL bicubic for
+    clean, torch bilinear for legacy_pytorch), and the value is named by its mode."""
     from cleanfid.resize import build_resizer
 
     fx = PooledProjection()
     out = compute_fid_kid(folders / "gen", folders / "horse2zebra" / "testB", test_input_dir=folders / "testA",
-                          feature_extractor=fx, cache_dir=folders / "cache", device="cpu", num_workers=0)
-    resize = build_resizer("clean")
+                          mode=mode, feature_extractor=fx, cache_dir=folders / "cache", device="cpu", num_workers=0)
+    resize = build_resizer(mode)
 
     def direct(folder):
         imgs = [resize(np.asarray(Image.open(p).convert("RGB"))) for p in sorted(folder.glob("*.png"))]
         return fx(torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()).numpy()
 
     gen, ref = direct(folders / "gen"), direct(folders / "horse2zebra" / "testB")
-    assert "fid" not in out and "kid" not in out
-    assert out["metric_name"] == "fid_standin"
-    assert out["fid_standin"] == pytest.approx(fid_from_features(gen, ref), rel=1e-4)
-    assert out["kid_standin"] == pytest.approx(kernel_inception_distance(gen, ref), rel=1e-3, abs=1e-7)
+    assert not {"fid", "kid", f"fid_{mode}", f"kid_{mode}"} & set(out)   # a stand-in is never called FID
+    assert out["metric_name"] == f"fid_standin_{mode}"
+    # rel 1e-4: the same float32 features in the same order; only the float64 sqrtm of the 8x8 covariance
+    # product differs between clean-fid's call and ours (round-off ~1e-12 relative), far below it.
+    assert out[f"fid_standin_{mode}"] == pytest.approx(fid_from_features(gen, ref), rel=1e-4)
+    assert out[f"kid_standin_{mode}"] == pytest.approx(kernel_inception_distance(gen, ref), rel=1e-3, abs=1e-7)
     p = out["protocol"]
-    assert p["extractor"] == "custom:pooled_projection" and p["metric_name"] == "fid_standin"
-    assert (p["mode"], p["n_generated"], p["n_real"]) == ("clean", 20, 20)
+    assert p["extractor"] == "custom:pooled_projection" and p["metric_name"] == f"fid_standin_{mode}"
+    assert (p["mode"], p["n_generated"], p["n_real"]) == (mode, 20, 20) and p["pinned_sha256"] is None
     assert (p["reference_dataset"], p["reference_split"], p["reference_resolution"]) == ("horse2zebra", "testB", "16x16")
     assert p["cleanfid_version"] == "0.1.35" and p["coverage_checked_against"].endswith("testA")
 
@@ -126,11 +131,12 @@ def test_reference_features_are_cached_and_not_recomputed(folders):
     assert cached[0].name.startswith("horse2zebra_testB_clean_n20_16x16_custom-pooled_projection-")
     second = compute_fid_kid(folders / "gen", folders / "horse2zebra" / "testB", **kw)
     assert fx.images_seen == 60   # only the 20 generated images went through the extractor again
-    assert second["protocol"]["reference_cache_hit"] and second["fid_standin"] == pytest.approx(first["fid_standin"])
+    assert second["protocol"]["reference_cache_hit"] and \
+        second["fid_standin_clean"] == pytest.approx(first["fid_standin_clean"])
     with np.load(cached[0]) as z:   # mu and sigma are stored beside the features for KID
         assert z["feats"].shape == (20, 8) and z["mu"].shape == (8,) and z["sigma"].shape == (8, 8)
     from_stats = compute_fid_kid(folders / "gen", ref_stats=cached[0], **kw)
-    assert from_stats["fid_standin"] == pytest.approx(first["fid_standin"])
+    assert from_stats["fid_standin_clean"] == pytest.approx(first["fid_standin_clean"])
 
 
 def test_reference_stats_of_another_mode_are_refused(folders):
@@ -186,7 +192,30 @@ def test_without_weights_fid_fails_instead_of_falling_back(offline, folders, cap
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
 
 
-def test_legacy_pytorch_inception_loads_from_a_local_file_and_warns_on_a_foreign_hash(tmp_path, monkeypatch, folders):
+def test_the_two_modes_give_different_numbers_on_the_same_folders(folders):
+    """The same folders and extractor, other resizers: the values differ (a resizer mix-up would make them equal)."""
+    fx = PooledProjection()
+    out = evaluate_folder_pair(folders / "gen", folders / "horse2zebra" / "testB", metrics=["fid", "kid"],
+                               feature_extractor=fx, cache_dir=folders / "cache", device="cpu", extra={"num_workers": 0})
+    clean, legacy = out["metrics"]["fid_standin_clean"], out["metrics"]["fid_standin_legacy_pytorch"]
+    # 16x16 noise upsampled to 299 by PIL bicubic (which overshoots) vs torch bilinear, then 4x4-pooled: the
+    # pooled means agree, their spread does not; a relative gap above 1e-3 is far outside float round-off.
+    assert abs(clean - legacy) > 1e-3 * max(clean, legacy)
+    assert out["protocol"]["fid_kid_clean"]["resizer"].startswith("PIL bicubic")
+    assert out["protocol"]["fid_kid_legacy_pytorch"]["resizer"].startswith("torch bilinear")
+
+
+def test_a_clean_mode_file_with_another_hash_is_refused_naming_both_hashes_and_the_url(tmp_path):
+    wrong = tmp_path / "inception-2015-12-05.pt"
+    wrong.write_bytes(b"not the torchscript file")
+    with pytest.raises(EvalError) as err:
+        fidmod.load_inception("clean", wrong, torch.device("cpu"))
+    msg = str(err.value)
+    assert fidmod.sha256_file(wrong) in msg and fidmod.PINNED_SHA256["clean"] in msg
+    assert fidmod.INCEPTION["clean"].url in msg
+
+
+def test_legacy_pytorch_inception_loads_from_a_local_file_and_refuses_a_foreign_hash(tmp_path, monkeypatch, folders):
     import sys
 
     from cleanfid import inception_pytorch
@@ -200,8 +229,12 @@ def test_legacy_pytorch_inception_loads_from_a_local_file_and_warns_on_a_foreign
     monkeypatch.setattr(inception_pytorch, "load_state_dict_from_url", original)
     path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(state, path)
-    with pytest.warns(UserWarning, match="6726825d"):
-        ex = fidmod.load_inception("legacy_pytorch", path, torch.device("cpu"))
+    with pytest.raises(EvalError) as err:   # random weights under the right name: refused, not warned about
+        fidmod.load_inception("legacy_pytorch", path, torch.device("cpu"))
+    assert fidmod.sha256_file(path) in str(err.value) and fidmod.PINNED_SHA256["legacy_pytorch"] in str(err.value)
+    assert fidmod.INCEPTION["legacy_pytorch"].url in str(err.value)
+    monkeypatch.setitem(fidmod.PINNED_SHA256, "legacy_pytorch", fidmod.sha256_file(path))  # pinned: it loads
+    ex = fidmod.load_inception("legacy_pytorch", path, torch.device("cpu"))
     assert inception_pytorch.load_state_dict_from_url is original
     assert ex.name == "inception_v3:pytorch_fid" and ex.weights_sha256 == fidmod.sha256_file(path)
     files = sorted((folders / "gen").glob("*.png"))[:2]
@@ -214,9 +247,9 @@ def test_registry_runs_fid_and_kid_once_and_keeps_standin_names(folders):
     out = evaluate_folder_pair(folders / "gen", folders / "horse2zebra" / "testB", metrics=["fid", "kid"],
                                feature_extractor=fx, cache_dir=folders / "cache", device="cpu",
                                extra={"num_workers": 0})
-    assert fx.images_seen == 40
-    assert set(out["metrics"]) == {"fid_standin", "kid_standin"}
-    assert out["protocol"]["fid_kid"]["extractor"] == "custom:pooled_projection"
+    assert fx.images_seen == 80   # 20 generated + 20 reference images, once per mode
+    assert set(out["metrics"]) == {f"{v}_standin_{m}" for v in ("fid", "kid") for m in ("clean", "legacy_pytorch")}
+    assert out["protocol"]["fid_kid_clean"]["extractor"] == "custom:pooled_projection"
     json.dumps(out)   # the CLI writes it as JSON
     with pytest.raises(EvalError, match="Did you mean 'fid'"):
         evaluate_folder_pair(folders / "gen", metrics=["fdi"])

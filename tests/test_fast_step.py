@@ -40,7 +40,7 @@ def _run(method, overrides, steps=STEPS, odd_step=None):
         cfg = resolve({"method": method, **SMALL, **overrides})
         torch.manual_seed(0)
         state = M.create_state(cfg, "cpu")
-        data, odd = _data(), _data(1, size=24, seed=2)[0]
+        data, odd = _data(size=cfg.crop_size), _data(1, size=cfg.crop_size * 3 // 4, seed=2)[0]
         history = []
         for i in range(steps):
             losses = M.train_step(state, *(odd if i == odd_step else data[i % len(data)]))
@@ -118,11 +118,11 @@ def test_pieces_that_fail_to_compile_run_eager_with_a_warning(plain_cut, monkeyp
     the backward), must cost nothing: the first batch is tried without an update, each failing piece
     is reported and runs eager, and the run gives the plain results."""
     def failing_compile(fn, **kw):
-        if fn is M.generator_forward:  # forward fine, backward fails
+        if fn is M.step_forward:  # forward fine, backward fails
             def fails_in_backward(*args):
-                fake, idt = fn(*args)
+                fake, idt, keys = fn(*args)
                 fake.register_hook(lambda grad: (_ for _ in ()).throw(RuntimeError("simulated backward failure")))
-                return fake, idt
+                return fake, idt, keys
             return fails_in_backward
 
         def fails_at_once(*args):
@@ -256,3 +256,150 @@ def test_bench_rejects_an_unknown_option(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qsattn", "bench", "--tables", "options", "--options", "turbo",
                            "--device", "cpu", "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown ['turbo']" in proc.stderr
+
+
+# --- key reuse (issue #17): the key-side NCE features from G's forward pass -------------------------------
+# Sizes where the probe (batched_keys_exact) finds the batched forward bit-exact on this CPU: torch runs
+# a 3×3 conv on one image of ≤ 20480 values with its native kernel and on two with oneDNN's, so every
+# encoder conv input needs > 20480 values per image (the resblocks': 4·ngf·(size/4)² = ngf·size²/4).
+EXACT = {"ngf": 16, "crop_size": 72, "load_size": 286}  # 16·72²/4 = 20736
+
+
+def _counting_encodes(monkeypatch):
+    from qsattn.networks import ResnetGenerator
+
+    calls = []
+
+    real = ResnetGenerator.encode
+
+    def encode(self, x, layers):
+        calls.append(x.shape[0])
+        return real(self, x, layers)
+    monkeypatch.setattr(ResnetGenerator, "encode", encode)
+    return calls
+
+
+@pytest.mark.float_paths
+@pytest.mark.parametrize("method", ["cut", "fastcut"])
+def test_key_reuse_gives_the_same_weights_bit_for_bit(method, monkeypatch):
+    """CUT's keys are detached, so the forward's own features are the whole key side: with the same
+    conv kernels for one image and two (the probe), the step is the same computation bit for bit.
+    FastCUT: its flipped steps fall back to a key pass (the forward saw the flipped image)."""
+    steps = 20
+    never = _run(method, {**EXACT, "key_reuse": "never"}, steps=steps)
+    calls = _counting_encodes(monkeypatch)
+    auto = _run(method, {**EXACT, "key_reuse": "auto"}, steps=steps)
+    assert torch.equal(auto[0], never[0])
+    assert all(torch.equal(auto[1][k], never[1][k]) for k in never[1])
+    # create_state's dry run (F's channel counts) is one encode; the probe is two
+    if method == "cut":  # the query passes only (fake_B, idt_B)
+        assert list(auto[2].exact_keys.values()) == [True] and len(calls) == 1 + 2 + 2 * steps
+    else:  # no idt, no probe: one query pass per step, plus one key pass on each flipped step
+        flipped = len(calls) - 1 - steps
+        assert 0 < flipped < steps, flipped
+
+
+@pytest.mark.float_paths
+def test_key_reuse_auto_falls_back_where_the_batched_forward_is_not_exact(monkeypatch):
+    """At 32 px with ngf 8 the encoder's convs see ≤ 20480 values per image: torch picks another
+    kernel for the batch of two, whose features differ in the last bits. `auto` notices (the probe) and
+    keeps the key passes: same results as `never`; `always` reuses and differs."""
+    never = _run("cut", {"key_reuse": "never"}, steps=3)
+    calls = _counting_encodes(monkeypatch)
+    auto = _run("cut", {"key_reuse": "auto"}, steps=3)
+    assert list(auto[2].exact_keys.values()) == [False] and len(calls) == 1 + 2 + 4 * 3  # dry run, probe, 4 per step
+    assert all(torch.equal(auto[1][k], never[1][k]) for k in never[1])
+    always = _run("cut", {"key_reuse": "always"}, steps=3)
+    assert not torch.equal(always[0], never[0])
+
+
+@pytest.mark.parametrize("method", ["qsattn-global", "qsattn-local", "qsattn-global-local"])
+def test_key_reuse_auto_keeps_the_key_pass_for_qsattn(method):
+    """QS-Attn's key features carry gradients (through the attention rows the query side reuses);
+    reusing them sums those gradients in another order, so `auto` does not, and `always` does."""
+    for mode, expected in (("auto", False), ("always", True), ("never", False)):
+        state = M.create_state(resolve({"method": method, **SMALL, "key_reuse": mode}), "cpu")
+        assert M.reuses_keys(state, torch.zeros(1, 3, 32, 32)) is expected, mode
+        assert M.reuses_keys(state, torch.zeros(1, 3, 32, 32), flipped=True) is False
+
+
+@pytest.mark.float_paths
+def test_key_reuse_always_is_rounding_for_qsattn():
+    """`always` on QS-Attn: the same first forward (losses bit for bit), then gradients summed in another
+    order, which Adam and the GAN amplify: weights differ after a few steps (hence not on by default)."""
+    never = _run("qsattn-global", {**EXACT, "key_reuse": "never"}, steps=4)
+    always = _run("qsattn-global", {**EXACT, "key_reuse": "always"}, steps=4)
+    assert torch.equal(always[0][0], never[0][0])
+    assert _max_weight_diff(always[1], never[1]) > 0
+    assert torch.isfinite(always[0]).all()
+
+
+def test_key_reuse_with_compile_and_amp(monkeypatch):
+    """Compiled (aot_eager: eager's kernels, so exactly eager's results) and under bf16 autocast, where
+    the probe runs under autocast too."""
+    torch._dynamo.reset()
+    eager = _run("cut", {**EXACT, "key_reuse": "always"}, steps=3)
+    monkeypatch.setattr(compiled_step, "COMPILE_BACKEND", "aot_eager")
+    compiled = _run("cut", {**EXACT, "key_reuse": "always", "compile": "default"}, steps=3)
+    assert not compiled[2].compiled.failed and not compiled[2].compiled.disabled
+    assert torch.equal(compiled[0], eager[0])
+    amp = _run("cut", {**EXACT, "key_reuse": "auto", "amp": "bf16"}, steps=2)
+    assert [k[3] for k in amp[2].exact_keys] == ["bf16"] and torch.isfinite(amp[0]).all()
+
+
+@pytest.mark.float_paths
+def test_a_run_resumes_across_the_key_reuse_switch(tmp_path):
+    """key_reuse is a runtime key: a checkpoint of a run without it resumes with it (no mismatch), and
+    ends where the uninterrupted run ends, bit for bit."""
+    steps = 10
+    full = _run("cut", {**EXACT, "key_reuse": "never"}, steps=steps)
+    _, _, half = _run("cut", {**EXACT, "key_reuse": "never"}, steps=steps // 2)
+    path = tmp_path / "latest.pt"
+    ckpt_io.atomic_save(ckpt_io.state_to_dict(half, 0, torch.zeros(1)), path)
+    saved = ckpt_io.load(path)
+    cfg = resolve({"method": "cut", **SMALL, **EXACT, "key_reuse": "auto"})
+    assert ckpt_io.config_mismatches(saved["config"], cfg) == []
+    state = M.create_state(cfg, "cpu")
+    ckpt_io.restore(state, saved)
+    data = _data(size=cfg.crop_size)
+    torch.set_num_threads(1)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for i in range(steps // 2, steps):
+            M.train_step(state, *data[i % len(data)])
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert state.exact_keys and all(state.exact_keys.values())
+    weights = {f"{n}.{k}": v for n, m in state.modules().items() for k, v in m.state_dict().items()}
+    assert all(torch.equal(weights[k], full[1][k]) for k in full[1])
+
+
+def test_key_reuse_always_refuses_batch_norm():
+    with pytest.raises(ConfigError, match="key_reuse=always needs per-image normalisation"):
+        resolve({"key_reuse": "always", "normG": "batch"})
+    assert resolve({"key_reuse": "always", "normG": "instance"}).key_reuse == "always"
+
+
+@pytest.mark.slow
+@pytest.mark.float_paths
+@pytest.mark.parametrize("method", ["cut", "fastcut", "qsattn-global", "qsattn-local", "qsattn-global-local"])
+def test_key_reuse_auto_50_steps_every_method(method):
+    """The full grid: 50 steps with the default key_reuse=auto and without it give the same weights."""
+    never = _run(method, {**EXACT, "key_reuse": "never"})
+    auto = _run(method, {**EXACT, "key_reuse": "auto"})
+    assert torch.equal(auto[0], never[0])
+    assert all(torch.equal(auto[1][k], never[1][k]) for k in never[1])
+
+
+@pytest.mark.slow
+@pytest.mark.float_paths
+def test_key_reuse_always_is_exact_for_qsattn_global_at_the_official_init():
+    """At the official size and init (ngf 64, 128 px) the selected global attention rows are exactly one-hot
+    in float32, so the gradient into the keys is exactly zero and `always` is bit for bit the key pass
+    (for as long as the rows stay one-hot: not a guarantee, hence not `auto`)."""
+    official = {"ngf": 64, "ndf": 64, "netF_nc": 256, "num_patches": 256, "crop_size": 128, "load_size": 286}
+    never = _run("qsattn-global", {**official, "key_reuse": "never"}, steps=3)
+    always = _run("qsattn-global", {**official, "key_reuse": "always"}, steps=3)
+    assert torch.equal(always[0], never[0])
+    assert all(torch.equal(always[1][k], never[1][k]) for k in never[1])

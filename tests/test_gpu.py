@@ -130,7 +130,7 @@ def _diffs(a, b):
 
 
 def _record(name, diffs):
-    """Write the measured differences under $OUT (tools/device_check_10.sh) for the README."""
+    """Write the measured differences under $OUT (tools/gpu_check.sh) for docs/performance.md."""
     import json
     import os
 
@@ -188,3 +188,37 @@ def test_cuda_graph_step_keeps_earlier_losses_and_runs_odd_shapes_eager():
     kept = [train_step(state, A, B) for _ in range(4)]
     values = [l["G"].item() for l in kept]
     assert len(set(values)) == 4, values  # each step's own loss, not the last replay's
+
+
+# --- key reuse (issue #17): the GPU half of the key_reuse tests in tests/test_fast_step.py ----------------
+
+def test_key_reuse_auto_gives_the_plain_50_steps_on_cuda():
+    """key_reuse=auto against never on CUDA, 50 deterministic steps: bit for bit the same, whether the
+    probe found cuDNN's batched forward exact (then CUT reuses its keys) or not (then it falls back).
+    Which of the two happened is recorded (gpu_option_diffs.jsonl) for docs/performance.md."""
+    never = _gpu_run({**PLAIN, "key_reuse": "never"})
+    auto = _gpu_run({**PLAIN, "key_reuse": "auto"})
+    _record("key_reuse=auto", {**_diffs(auto, never), "probe": [bool(v) for v in auto[2].exact_keys.values()]})
+    assert torch.equal(auto[0], never[0])
+    for k in never[1]:
+        assert torch.equal(auto[1][k], never[1][k]), k
+
+
+@pytest.mark.parametrize("method", ["cut", "qsattn-global", "qsattn-local", "qsattn-global-local"])
+def test_key_reuse_always_on_cuda(method):
+    """key_reuse=always: CUT bit for bit where the probe says the batched forward is exact; QS-Attn
+    (gradients through the reused attention, summed in another order) agrees at the first step within
+    float32 rounding. The 50-step differences are recorded."""
+    never = _gpu_run({**PLAIN, "method": method, "key_reuse": "never"})
+    always = _gpu_run({**PLAIN, "method": method, "key_reuse": "always"})
+    probe = create_state(resolve({"method": "cut", **SMALL, "key_reuse": "auto"}), "cuda")
+    from qsattn.model import batched_keys_exact
+
+    exact = batched_keys_exact(probe, torch.zeros(1, 3, 64, 64, device="cuda"))
+    _record(f"key_reuse=always {method}", {**_diffs(always, never), "probe": exact})
+    assert torch.isfinite(always[0]).all()
+    # step 1: the same losses up to float32 rounding of the features (a few ulps, 1e-7 relative, grown
+    # through the encoder's ~20 layers and the NCE softmax: 1e-4 leaves a factor of 1000 for that growth)
+    torch.testing.assert_close(always[0][0], never[0][0], rtol=1e-4, atol=1e-5)
+    if method == "cut" and exact:
+        assert torch.equal(always[0], never[0])

@@ -129,7 +129,8 @@ def test_a_packed_sweep_gives_the_unpacked_results_and_a_failing_cell_leaves_its
 
 def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint_and_restarts_none_that_ended(
         tmp_path, synthetic_root, capsys):
-    methods = {"cut": {"max_steps": 2}, "fastcut": {"max_steps": 40}}  # long enough to catch both mid-training
+    # the long cells log only at steps 20 and 40, so that no tracking write is in flight when they are paused
+    methods = {"cut": {"max_steps": 2}, "fastcut": {"max_steps": 40, "log_every": 20}}
     steps = dict(n_epochs=5, checkpoint_every=2, log_every=2)
     grid = grid_file(tmp_path / "packed", synthetic_root, methods, datasets=("synthetic", "broken"), seeds=(0, 1),
                      **steps)
@@ -137,6 +138,7 @@ def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint
     launcher = subprocess.Popen([sys.executable, "-m", "qsattn", "sweep", str(grid), *only, "--stage", "train",
                                  "--set", "cells_per_gpu=4"], cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
+    paused: list[int] = []  # cell processes stopped with SIGSTOP, continued in any case
     try:
         def started_runs() -> dict[str, Path]:  # cell name -> run folder
             return {p.parent.parent.name.rsplit("-", 1)[0]: p.parent.parent
@@ -146,21 +148,35 @@ def test_a_packed_job_sent_usr2_resumes_each_unfinished_cell_from_its_checkpoint
         runs = started_runs()
         short, failing = runs["cut-synthetic-s0"], runs["cut-broken-s0"]
         long_ = [runs["fastcut-synthetic-s0"], runs["fastcut-synthetic-s1"]]
-        wait_for(lambda: (short / "DONE").exists() and (failing / "sweep" / "failed.json").exists()
-                 and all((r / "checkpoints" / "latest.pt").exists() for r in long_)
-                 or any((r / "DONE").exists() for r in long_), 180, "a finished, a failed cell, two checkpoints",
-                 poll=0.1)
-        assert not any((r / "DONE").exists() for r in long_), "the long cells ended before the signal: make them longer"
+        # Each long cell is paused (SIGSTOP) as soon as its first checkpoint exists, so that it is mid-training
+        # when the signal comes however slowly its neighbours start or fail on this machine; the USR2 the pack
+        # passes on stays pending in a stopped process and is handled first when it continues.
+        for run in long_:
+            wait_for(lambda: (run / "checkpoints" / "latest.pt").exists() or (run / "DONE").exists(), 180,
+                     f"{run.name}'s first checkpoint", poll=0.02)
+            assert not (run / "DONE").exists(), "a long cell ended before its first checkpoint was seen"
+            pid = json.loads((run / "sweep" / "started.json").read_text())["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            paused.append(pid)
+        wait_for(lambda: (short / "DONE").exists() and (failing / "sweep" / "failed.json").exists(), 180,
+                 "the short cell to finish and the broken one to fail")
+        assert not any((r / "DONE").exists() for r in long_)
         started = {r: json.loads((r / "sweep" / "started.json").read_text()) for r in runs.values()}
         pack_pid = started[short]["pack_pid"]
         assert {s["pack_pid"] for s in started.values()} == {pack_pid}
         os.kill(pack_pid, signal.SIGUSR2)
+        time.sleep(1)  # the pack's handler passes USR2 on at once; it is pending in the paused cells
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+        paused.clear()
 
         # meanwhile, the same long cells uninterrupted, in this process
         reference = grid_file(tmp_path / "reference", synthetic_root, methods, seeds=(0, 1), **steps)  # same ids
         assert cli(["sweep", str(reference), "--only", "method=fastcut", "--cluster", "debug", "--stage", "train"]) == 0
         out, _ = launcher.communicate(timeout=300)
     finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 1, out

@@ -33,12 +33,13 @@ RUNNING = ("fastcut", "synthetic", 1)
 # outside our CI; fastcut's 70/75/78 keeps 73.4 inside.
 FID_LAST = {"cut": (60.0, 62.0, 64.0), "fastcut": (70.0, 75.0, 78.0), "qsattn-global": (50.0, 53.0, 55.0)}
 GT_LAST = {"cut": (0.61, 0.65, 0.66), "fastcut": (0.55, 0.50, 0.52), "qsattn-global": (0.71, 0.70, 0.74)}
-PAPER_EXTRA = ("QS-Attn (local),horse2zebra,FID,41.0,test row: a method that was not run\n"
-               "FastCUT,synthetic,gt_score,0.9,test row: a paper number for the synthetic set\n")
+PAPER_EXTRA = ("QS-Attn (local),horse2zebra,FID,41.0,legacy_pytorch,unknown,,,test row: a method that was not run\n"
+               "FastCUT,synthetic,gt_score,0.9,,last,,,test row: a paper number for the synthetic set\n")
+CLEAN_OFFSET = -2.0  # the clean-mode FID of every fake horse2zebra value: legacy_pytorch's minus 2
 
 
 def _metric(dataset):
-    return "fid" if dataset == "horse2zebra" else "gt_score"
+    return "fid_legacy_pytorch" if dataset == "horse2zebra" else "gt_score"
 
 
 def last_value(method, dataset, seed):
@@ -92,16 +93,20 @@ def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: 
     tracker.finish("FINISHED")
     metric = _metric(dataset)
     last, best = last_value(method, dataset, seed), best_value(method, dataset, seed)
-    history = {e: {metric: best + (0 if e == 3 else (abs(e - 3) * (1 if metric == "fid" else -0.02)))}
-               for e in (1, 2, 3, 4)}
+    fid = metric.startswith("fid")
+    history = {e: {metric: best + (0 if e == 3 else (abs(e - 3) * (1 if fid else -0.02)))} for e in (1, 2, 3, 4)}
     metrics = {f"{metric}_last": last, f"{metric}_best": best, "best_epoch": 3}
-    if metric == "fid":
-        metrics["kid_last"] = 0.01
+    if fid:  # both modes, as the pipeline scores them
+        metrics.update(kid_legacy_pytorch_last=0.01, fid_clean_last=last + CLEAN_OFFSET,
+                       fid_clean_best=best + CLEAN_OFFSET, kid_clean_last=0.009)
+        for m in history.values():
+            m["fid_clean"] = m[metric] + CLEAN_OFFSET
     tracker = open_tracker(cfg, run_dir, {})
     tracker.log_metrics(metrics, step=0)
     for epoch, m in history.items():
         tracker.log_metrics({f"checkpoint_{k}": v for k, v in m.items()}, step=epoch)
-    protocol = {"fid_kid": {"mode": "clean", "n_generated": 3}} if metric == "fid" else {"synthetic_gt": {"n_images": 3}}
+    protocol = ({f"fid_kid_{mode}": {"mode": mode, "n_generated": 120, "n_real": 140}
+                 for mode in ("clean", "legacy_pytorch")} if fid else {"synthetic_gt": {"n_images": 3}})
     tracker.set_tags({f"protocol.{name}.{k}": v for name, p in protocol.items() for k, v in p.items()})
     (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol,
                                                       "history": {str(e): m for e, m in history.items()}}))
@@ -166,8 +171,10 @@ def test_runs_frame_is_tidy_with_status_from_mlflow_and_tags(report):
     assert (runs["status"] == "finished").sum() == len(runs) - 2
     assert set(runs["sweep"]) == {"fake"} and runs["cell"].str.endswith("-00000000").sum() == 6
     one = df[(df.method == "cut") & (df.dataset == "horse2zebra") & (df.seed == 1)].set_index("metric")["value"]
-    assert one["fid_last"] == 62.0 and one["checkpoint_fid"] == best_value("cut", "horse2zebra", 1) + 1
-    assert set(df.loc[(df.dataset == "horse2zebra") & (df.status == "finished"), "fid_mode"]) == {"clean"}
+    assert one["fid_legacy_pytorch_last"] == 62.0 and one["fid_clean_last"] == 62.0 + CLEAN_OFFSET
+    assert one["checkpoint_fid_legacy_pytorch"] == best_value("cut", "horse2zebra", 1) + 1
+    h2z = df[(df.dataset == "horse2zebra") & (df.status == "finished")]
+    assert set(h2z["n_generated"]) == {120} and set(h2z["n_real"]) == {140} and set(h2z["fid_mode"]) == {""}
 
 
 @pytest.mark.parametrize("which", ["last", "best"])
@@ -192,13 +199,13 @@ def test_table_cells_are_mean_std_ci_of_the_logged_seeds(report, method, dataset
 
 def test_paper_column_difference_and_outside_ci_mark(report):
     _, paper, numbers = report
-    cut = _cell(numbers, "cut", "horse2zebra", "fid", "best")
-    assert cut.paper == 45.5 and "CUT paper" in cut.paper_source
+    cut = _cell(numbers, "cut", "horse2zebra", "fid_legacy_pytorch", "best")
+    assert cut.paper == 45.5 and "CUT paper" in cut.paper_source and cut.comparable
     assert cut["diff"] == pytest.approx(cut["mean"] - 45.5)
     assert cut.paper_outside_ci  # 57..59 ± small: 45.5 far outside
-    fast = _cell(numbers, "fastcut", "horse2zebra", "fid", "last")
-    assert fast.paper == 73.4 and not fast.paper_outside_ci  # 70/75/78: wide CI holds 73.4
-    qs = _cell(numbers, "qsattn-global", "horse2zebra", "fid", "last")
+    fast = _cell(numbers, "fastcut", "horse2zebra", "fid_legacy_pytorch", "best")
+    assert fast.paper == 73.4 and fast.comparable and not fast.paper_outside_ci  # 67/71/73: wide CI holds 73.4
+    qs = _cell(numbers, "qsattn-global", "horse2zebra", "fid_legacy_pytorch", "last")
     assert np.isnan(qs.paper) and not qs.paper_outside_ci  # no published number
     # a new CSV row with a paper's spelling of a method: no code change needed
     fs = _cell(numbers, "fastcut", "synthetic", "gt_score", "last")
@@ -209,13 +216,15 @@ def test_missing_cells_say_why(report):
     df, paper, numbers = report
     from results.report import table1
 
-    local = _cell(numbers, "qsattn-local", "horse2zebra", "fid", "last")
+    local = _cell(numbers, "qsattn-local", "horse2zebra", "fid_legacy_pytorch", "last")
     assert local.n == 0 and local.note == "not run" and local.paper == 41.0
     table = table1(df, paper, numbers)
-    assert table.loc["qsattn-local", ("horse2zebra", "FID ↓", "last")] == "not run"
+    legacy = "FID [legacy_pytorch] ↓"
+    assert table.loc["qsattn-local", ("horse2zebra", legacy, "last")] == "not run"
     assert table.loc["qsattn-local", ("synthetic", "GT score ↑", "paper")] == "no published value"
-    assert table.loc["cut", ("horse2zebra", "FID ↓", "paper")] == "45.5"
-    assert "†" in table.loc["cut", ("horse2zebra", "FID ↓", "best")]
+    assert table.loc["cut", ("horse2zebra", legacy, "paper")] == "45.50 (best-of-training)"
+    assert "†" in table.loc["cut", ("horse2zebra", legacy, "best (test-selected)")]
+    assert table.loc["cut", ("horse2zebra", "FID [clean] ↓", "paper")] == "no published value"
     assert (table != "").all().all(), "no cell may be blank"
 
 
@@ -228,8 +237,8 @@ def test_failed_and_running_only_cells(tmp_path):
                        dict(base, method="fastcut", seed=0, status="running", run_id="b"),
                        dict(base, method="fastcut", seed=1, status="failed", run_id="c")])
     numbers = table1_numbers(df, load_paper())
-    assert _cell(numbers, "cut", "horse2zebra", "fid", "last").note == "failed (seed 0)"
-    assert _cell(numbers, "fastcut", "horse2zebra", "fid", "best").note == "running (seed 0); failed (seed 1)"
+    assert _cell(numbers, "cut", "horse2zebra", "fid_legacy_pytorch", "last").note == "failed (seed 0)"
+    assert _cell(numbers, "fastcut", "horse2zebra", "fid_clean", "best").note == "running (seed 0); failed (seed 1)"
 
 
 def test_n1_has_no_ci_and_says_so(report):
@@ -238,19 +247,22 @@ def test_n1_has_no_ci_and_says_so(report):
 
     one = df[(df.seed == 0) | (df.status != "finished")]
     numbers = table1_numbers(one, paper)
-    row = _cell(numbers, "cut", "horse2zebra", "fid", "last")
+    row = _cell(numbers, "cut", "horse2zebra", "fid_legacy_pytorch", "last")
     assert row.n == 1 and np.isnan(row.ci_low) and not row.paper_outside_ci
-    assert "n=1, no CI" in table1(one, paper, numbers).loc["cut", ("horse2zebra", "FID ↓", "last")]
+    assert "n=1, no CI" in table1(one, paper, numbers).loc["cut", ("horse2zebra", "FID [legacy_pytorch] ↓", "last")]
 
 
-def test_paper_csv_is_the_shared_one_and_maps_names():
+def test_paper_csv_gives_each_number_its_protocol_and_maps_names():
     from results.report import load_paper, method_id
 
-    shared = ROOT.parent / "shared" / "paper_numbers.csv"  # the reference copy beside the checkout
-    ours = pd.read_csv(ROOT / "results" / "paper_numbers.csv")
-    if shared.exists():
-        pd.testing.assert_frame_equal(ours.iloc[:len(pd.read_csv(shared))], pd.read_csv(shared))
     paper = load_paper()
+    # CUT paper Table 1 (two sources agree): legacy_pytorch, best-of-training, the published test split sizes
+    got = {(r.method, r.dataset): (r.value, r.metric, r.selection, r.generated, r.reference) for r in paper.itertuples()}
+    assert got == {("cut", "horse2zebra"): (45.5, "fid_legacy_pytorch", "best-of-training", 120, 140),
+                   ("fastcut", "horse2zebra"): (73.4, "fid_legacy_pytorch", "best-of-training", 120, 140),
+                   ("cut", "cat2dog"): (76.2, "fid_legacy_pytorch", "best-of-training", 500, 500),
+                   ("fastcut", "cat2dog"): (94.0, "fid_legacy_pytorch", "best-of-training", 500, 500)}
+    assert all("contrastive-unpaired-translation#65" in src for src in paper["source"])
     assert set(paper["method"]) <= {"cut", "fastcut", "qsattn-global", "qsattn-local", "qsattn-global-local"}
     assert method_id("QS-Attn (global+local)") == "qsattn-global-local" and method_id("cut") == "cut"
 
@@ -267,7 +279,9 @@ def test_report_command_writes_tables_and_plots(store, report, tmp_path, capsys)
     md = (out / "table1.md").read_text()
     assert "## horse2zebra" in md and "†" in md and "running (seed 1)" in md
     wide = pd.read_csv(out / "table1.csv", index_col=0)
-    assert str(wide.loc["cut", "horse2zebra | FID ↓ | paper"]) == "45.5"
+    assert str(wide.loc["cut", "horse2zebra | FID [legacy_pytorch] ↓ | paper"]) == "45.50 (best-of-training)"
+    assert "no Δ: the paper's is best-of-training, this column is last" in \
+        wide.loc["cut", "horse2zebra | FID [legacy_pytorch] ↓ | last"]
     numbers = pd.read_csv(out / "table1_numbers.csv")
     assert len(numbers) == len(report[2])
     tex = (out / "table1.tex").read_text()
@@ -300,13 +314,47 @@ def test_unknown_experiment_error_says_what_to_do(store):
 def test_released_generators_form_a_table(tmp_path):
     from results.report import load_paper, load_released, table1_numbers
 
-    for name, fid in (("horse2zebra_cut_pretrained", 45.6), ("cat2dog_fastcut_pretrained", 94.2)):
-        (tmp_path / f"{name}.json").write_text(json.dumps(
-            {"metrics": {"fid": fid, "kid": 0.01, "n_images": 120}, "protocol": {"fid_kid": {"mode": "legacy_pytorch"}}}))
+    (tmp_path / "horse2zebra_cut_pretrained.json").write_text(json.dumps(
+        {"metrics": {"fid_legacy_pytorch": 45.6, "fid_clean": 43.8, "n_images": 120},
+         "protocol": {"fid_kid_legacy_pytorch": {"n_generated": 120, "n_real": 140}}}))
+    # a file written when one mode was scored, its values named without it: the mode comes from its protocol
+    (tmp_path / "cat2dog_fastcut_pretrained.json").write_text(json.dumps(
+        {"metrics": {"fid": 94.2, "kid": 0.01}, "protocol": {"fid_kid": {"mode": "legacy_pytorch"}}}))
     numbers = table1_numbers(load_released(tmp_path), load_paper())
-    cut = _cell(numbers, "cut", "horse2zebra", "fid", "last")
-    assert cut.n == 1 and cut["mean"] == 45.6 and cut["diff"] == pytest.approx(0.1)
-    assert _cell(numbers, "fastcut", "horse2zebra", "fid", "last").note == "not run"
+    cut = _cell(numbers, "cut", "horse2zebra", "fid_legacy_pytorch", "last")
+    assert cut.n == 1 and cut["mean"] == 45.6 and not cut.comparable and np.isnan(cut["diff"])
+    assert _cell(numbers, "cut", "horse2zebra", "fid_clean", "last")["mean"] == 43.8
+    assert _cell(numbers, "fastcut", "cat2dog", "fid_legacy_pytorch", "last")["mean"] == 94.2
+    assert _cell(numbers, "fastcut", "horse2zebra", "fid_legacy_pytorch", "last").note == "not run"
+
+
+def test_modes_are_never_averaged_and_compared_only_with_the_same_mode(report):
+    """Each mode is its own column: the clean column is the mean of the clean values, has no paper value
+    (the papers' numbers are legacy_pytorch), and the legacy column is the mean of the legacy values."""
+    _, _, numbers = report
+    for method in METHODS:
+        seeds = [s for s in SEEDS if (method, "horse2zebra", s) != FAILED]
+        clean = _cell(numbers, method, "horse2zebra", "fid_clean", "last")
+        legacy = _cell(numbers, method, "horse2zebra", "fid_legacy_pytorch", "last")
+        assert clean["mean"] == pytest.approx(np.mean([last_value(method, "horse2zebra", s) + CLEAN_OFFSET
+                                                       for s in seeds]))
+        assert legacy["mean"] == pytest.approx(np.mean([last_value(method, "horse2zebra", s) for s in seeds]))
+        assert np.isnan(clean.paper) and not clean.comparable
+
+
+def test_a_paper_number_of_unknown_selection_or_other_image_counts_gets_no_delta(report, tmp_path):
+    from results.report import load_paper, table1_numbers
+
+    df, _, _ = report
+    csv = tmp_path / "paper.csv"
+    csv.write_text("method,dataset,metric,value,fid_mode,selection,generated,reference,source\n"
+                   "CUT,horse2zebra,FID,45.5,legacy_pytorch,unknown,120,140,x\n"
+                   "FastCUT,horse2zebra,FID,73.4,legacy_pytorch,best-of-training,100,140,x\n")
+    numbers = table1_numbers(df, load_paper(csv))
+    cut = _cell(numbers, "cut", "horse2zebra", "fid_legacy_pytorch", "best")
+    assert not cut.comparable and not cut.paper_outside_ci and "selection is unknown" in cut.not_comparable
+    fast = _cell(numbers, "fastcut", "horse2zebra", "fid_legacy_pytorch", "best")
+    assert not fast.comparable and "generated images differ (paper 100, ours 120)" in fast.not_comparable
 
 
 def test_report_end_to_end_from_the_demo_sweep(tmp_path):

@@ -57,7 +57,7 @@ def test_the_bill_of_table1_gives_gpu_hours_per_method_and_disk(tmp_path, monkey
     for method, h in hours.items():
         assert float(lines[method][4]) == pytest.approx(h, rel=5e-3), (method, out)  # printed to 3 digits
     assert f"{sum(hours.values()):.0f} GPU-hours" in out and "NVIDIA H200" in out
-    assert "checkpoints and weights" in out and "GB of disk" in out and "20 kept epoch checkpoints" in out
+    assert "checkpoints and weights" in out and "GB of disk" in out and "80 kept epoch checkpoints" in out
 
 
 def test_a_gpu_grid_on_a_machine_without_gpu_stops_at_once_with_its_bill_and_the_cluster_command(
@@ -83,11 +83,18 @@ def test_the_checkpoint_estimate_matches_a_real_checkpoint(tmp_path, synthetic_r
     run_dir = train(cfg, progress=False)
     real = (run_dir / "checkpoints" / "latest.pt").stat().st_size
     weights = sum((run_dir / f"latest_net_{n}.pth").stat().st_size for n in "GDF")
-    _, _, n_saved, n_params = bill_mod._tensor_sizes(tuple(getattr(cfg, k) for k in bill_mod.NETWORK_KEYS))
+    _, _, n_saved, n_params, _, n_g = bill_mod._tensor_sizes(tuple(getattr(cfg, k) for k in bill_mod.NETWORK_KEYS))
     # Tolerance: the payload (float32 tensors and both Adam moments, 2.8 MB here) must be exact; what is
     # left is torch.save's zip entries and pickle records, under 1 kB per tensor.
     assert abs(bill_mod.checkpoint_bytes(cfg) - real) <= 1024 * (n_saved + 2 * n_params)
     assert abs(bill_mod.weights_bytes(cfg) - weights) <= 1024 * n_saved
+    kept = tmp_path / "epoch.pt"  # a kept epoch checkpoint: the generator only
+    from qsattn import checkpoint as ckpt_io
+
+    state = ckpt_io.load(run_dir / "checkpoints" / "latest.pt")
+    torch_save = __import__("torch").save
+    torch_save({k: state[k] for k in ("format", "config", "step", "epoch", "position", "net_G")}, kept)
+    assert abs(bill_mod.epoch_checkpoint_bytes(cfg) - kept.stat().st_size) <= 1024 * n_g
 
 
 def test_a_sweep_with_missing_data_and_weights_stops_before_submitting_with_one_message(
@@ -100,8 +107,9 @@ def test_a_sweep_with_missing_data_and_weights_stops_before_submitting_with_one_
     assert err.count("preflight:") == 1 and "nothing was submitted" in err
     assert f"dataset folder {synthetic_root / 'missing'} does not exist (2 cells" in err
     assert f"`python -m qsattn data horse2zebra --root {synthetic_root}`" in err
-    assert f"Inception weights {tmp_path / 'nowhere.pt'} (FID mode clean) do not exist (4 cells" in err
-    assert err.count("fix: ") == 3
+    for mode in ("clean", "legacy_pytorch"):   # both FID modes are scored, each needs its file
+        assert f"Inception weights {tmp_path / 'nowhere.pt'} (FID mode {mode}) do not exist (4 cells" in err
+    assert err.count("fix: ") == 4
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
 
 
