@@ -32,7 +32,7 @@ DEFAULT_URI = "sqlite:///mlruns.db"
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 RETRY_S = (1, 2, 5, 10, 30)  # the sender's waits between attempts while the store does not answer
 SEND_EVERY_S = 1.0  # at most one send per second while it answers: the records in between are batched
-FINISH_WAIT_S = 20.0  # how long finish() waits for the backlog; what is left stays in the journal
+FINISH_WAIT_S = 60.0  # how long finish() waits for a slow but answering store; what is left stays in the journal
 KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's "ML training"
 VIEW_KEY = "qsattn"  # the experiment's shared view: mlflow.sharedViewState.<VIEW_KEY>, ?viewStateShareKey=
 VIEW_TAGS = ("method", "dataset", "seed", "variant")
@@ -190,7 +190,8 @@ def refresh_view(client, experiment_id: str) -> list[str]:
 
 def view_url(ui: str, experiment_id: str) -> str:
     """The experiment's runs in its view, with the UI in its model-training mode (not GenAI)."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning")
 
 
 # --- the journal and its sender -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                       reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"),
+                       reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"),
 ]
 
 
@@ -53,8 +53,8 @@ def ui(tmp_path, synthetic_root):
     assert cli(["sweep", str(grid), "--cluster", "debug"]) == 0
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "qsattn", "mlflow", "ui", "--tracking-uri", uri, "--port", str(port)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    cmd = [sys.executable, "-m", "qsattn", "mlflow", "ui", "--tracking-uri", uri, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own process group: mlflow ui starts workers
     try:
         first = proc.stdout.readline()
@@ -99,7 +99,9 @@ def test_the_runs_table_shows_the_comparison_columns_and_a_run_page_its_grid(ui,
     driver = browser()
     try:
         driver.get(link)
-        headers = lambda d: {e.text.strip() for e in d.find_elements("css selector", "[role=columnheader]")}  # noqa: E731
+        def headers(d) -> set[str]:
+            return {e.text.strip() for e in d.find_elements("css selector", "[role=columnheader]")}
+
         WebDriverWait(driver, 120).until(lambda d: "gt_score_last" in headers(d) and len(rows_by_index(d)) >= 2)
         assert {"Run Name", "method", "dataset", "seed", "variant", "gt_score_last"} <= headers(driver)
         rows = [[c.strip() for part in row.split(" | ") for c in part.splitlines()] for row in rows_by_index(driver)]
@@ -117,8 +119,10 @@ def test_the_runs_table_shows_the_comparison_columns_and_a_run_page_its_grid(ui,
 
         run = runs[0]
         base = link.split("/#/")[0]
-        driver.get(f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/qualitative/last.png")
-        loaded = "return [...document.images].filter(i => i.src.startsWith('blob:') && i.complete).map(i => i.naturalWidth)"
+        page = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/qualitative/last.png"
+        driver.get(page)
+        loaded = ("return [...document.images].filter(i => i.src.startsWith('blob:') && i.complete)"
+                  ".map(i => i.naturalWidth)")
         WebDriverWait(driver, 90).until(lambda d: d.execute_script(loaded))
         from PIL import Image
 

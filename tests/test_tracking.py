@@ -94,6 +94,21 @@ def test_an_unreachable_server_costs_no_step_and_its_metrics_reach_it_later(data
         assert tracking_note(run_dir) == ""
 
 
+def test_a_store_that_cannot_be_written_costs_one_warning_and_keeps_the_records(tmp_path, caplog):
+    """A read-only store (here under /proc, where not even root creates its lock file: EROFS/ENOENT as on
+    a read-only mount) never raises into training: one warning, the records kept, status offline."""
+    from qsattn.tracking import Tracker, tracking_note, unsent
+
+    caplog.set_level(logging.INFO)
+    t = Tracker("sqlite:////proc/qsattn-read-only/mlruns.db", "ro", "cut · synthetic · s0", tmp_path / "run")
+    for step in range(1, 6):
+        t.log_metrics({"NCE": 1.0}, step)
+    t.finish("FINISHED")
+    assert len(warnings_of(caplog, "does not answer")) == 1
+    assert unsent(t.folder) == 8  # open, RUNNING, 5 readouts, FINISHED
+    assert tracking_note(tmp_path / "run") == "tracking offline (8 records kept)"
+
+
 def test_a_store_that_lost_the_run_gets_a_new_run_with_the_whole_journal(data_root, tmp_path, caplog):
     """The folder resumed against a store without its run: another working directory's default
     relative store, or the store deleted (in another process: this one keeps a deleted SQLite file open)."""

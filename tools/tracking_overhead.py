@@ -86,10 +86,11 @@ def main() -> int:
             times[kind].append(median)
             if kind == "unreachable":
                 tracker_s.append(in_tracker)
-            print(f"repeat {i} {kind:<11} {median * 1000:8.1f} ms/step"
-                  + (f"  ({in_tracker * 1e6:.0f} us/step in tracker calls)" if kind == "unreachable" else ""), flush=True)
+            extra = f"  ({in_tracker * 1e6:.0f} us/step in tracker calls)" if kind == "unreachable" else ""
+            print(f"repeat {i} {kind:<11} {median * 1000:8.1f} ms/step{extra}", flush=True)
     off, down = statistics.median(times["off"]), statistics.median(times["unreachable"])
-    print(f"median ms/step: off {off * 1000:.1f}, unreachable {down * 1000:.1f}; ratio unreachable/off {down / off:.3f}; "
+    print(f"median ms/step: off {off * 1000:.1f}, unreachable {down * 1000:.1f}; "
+          f"ratio unreachable/off {down / off:.3f}; "
           f"tracker calls {statistics.median(tracker_s) * 1e6:.0f} us/step ({statistics.median(tracker_s) / off:.2%} "
           f"of a step)")
     return 0
