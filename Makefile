@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The default suite (under 15 minutes on 2 CPU cores). Slow tests: `make test-all`.
+# The default suite (under 15 minutes on 2 CPU cores), then its float_paths tests again on another float
+# path (ATEN_CPU_CAPABILITY=default: ATen's non-vectorised kernels), so that no test holds only for this
+# CPU's rounding (docs/testing.md). Slow tests: `make test-all`.
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "float_paths and not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -33,6 +36,16 @@ demo: $(STAMP)
 	@echo "The identity mapping (output = input), the score to beat:"
 	@$(PY) -m qsattn synthetic --out datasets/synthetic --size 32 --score datasets/synthetic/testA
 	@echo "Runs: make mlflow-ui (experiment 'demo'); report: results/out/demo/table1.md and its plots."
+
+# This project against the official code, run here (docs/faithfulness.md): `make parity OFFICIAL=PATH/query-selected-attention
+# CUT=PATH/contrastive-unpaired-translation [PARITY_ARGS="--device cuda"]`. Prints one table, every row PASS.
+OFFICIAL ?= .cache/official-qsattn
+CUT ?= .cache/official-cut
+PARITY_ARGS ?=
+parity: $(STAMP)
+	$(PY) -m qsattn parity --official $(OFFICIAL) $(if $(CUT),--cut $(CUT)) $(PARITY_ARGS)
+
+.PHONY: parity
 
 # Download, verify and prepare a dataset: `make data DATASET=horse2zebra` (see `python -m qsattn data --list`).
 DATASET ?= horse2zebra
@@ -122,3 +135,15 @@ slurm-down:
 	slurm/local-cluster.sh stop
 
 .PHONY: sweep slurm-up slurm-down
+
+# `make check-released`: the self-check. Scores the released CUT and FastCUT generators on Horse->Zebra and
+# Cat->Dog in both FID modes and compares each FID with its published reproduction
+# (results/released_model_fids.csv, clean-fid's leaderboard); fails where one differs by more than 0.02 or
+# cannot be scored. Needs the datasets (make data), checkpoints/released/ (make reproduce-table1 FROM=released
+# fetches it) and the Inception files; EVAL_ARGS passes more `qsattn eval` options (--inception-weights ...).
+EVAL_ARGS ?=
+check-released: $(STAMP)
+	$(PY) -m results.released --expect results/released_model_fids.csv --out results/out/released \
+		$(if $(EVAL_ARGS),-- $(EVAL_ARGS))
+
+.PHONY: check-released

@@ -194,8 +194,11 @@ def keys_with_role(*roles: str) -> frozenset[str]:
 
 # Left out of a sweep cell's id: where and how a run is recorded, and how it is scored.
 NOT_IN_CELL_ID = keys_with_role("runtime", "evaluation")
+# Keys that another key replaced, read as it: a run folder's config.yaml or a grid written before then still
+# loads, and the old key in a checkpoint's saved config never blocks a resume.
+RETIRED_KEYS = {"fid_mode": "fid_modes"}   # one FID mode -> the comma list of modes (one is a valid list)
 # May differ between a run and its resumed continuation; any other difference is an error.
-RESUMABLE_KEYS = keys_with_role("resumable", "runtime", "evaluation")
+RESUMABLE_KEYS = keys_with_role("resumable", "runtime", "evaluation") | frozenset(RETIRED_KEYS)
 
 
 # --- the keys described from their metadata (train --help, methods NAME, docs/config.md) -------------
@@ -338,6 +341,7 @@ def apply(cfg: Config, updates: dict[str, Any]) -> Config:
     valid = list(FIELD_TYPES)
     clean = {}
     for key, value in updates.items():
+        key = RETIRED_KEYS.get(key, key)
         if key not in FIELD_TYPES:
             raise unknown_key_error(key, valid)
         clean[key] = coerce(key, value)

@@ -366,15 +366,24 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+REAL_PHOTOS_ROW = "real photos (upper bound)"
+
+
 def load_released(folder: str | Path) -> pd.DataFrame:
     """The same frame from scored official released generators (<folder>/<NAME>.json, written by
     `python -m results.released`): one finished run per generator, seed 'released', values as `_last`."""
     from eval.released import RELEASED
 
+    from results.released import REAL_PHOTOS
+
     folder = Path(folder)
     rows = []
     for path in sorted(folder.glob("*.json")):
         entry = RELEASED.get(path.stem)
+        if path.stem == REAL_PHOTOS:  # the segmentation scores' upper bound: real photos against their labels
+            from eval.released import Released
+
+            entry = Released(REAL_PHOTOS, REAL_PHOTOS_ROW, "cityscapes", "the prepared Cityscapes testB photos")
         if entry is None:
             continue
         result = json.loads(path.read_text())
@@ -578,6 +587,8 @@ def format_cell(r, latex: bool = False) -> str:
     if r.n == 0:
         return f"\\textit{{{_tex(r.note)}}}" if latex else (r.note or "no value")
     d = _digits(r.mean, r.paper)
+    if getattr(r, "reference", False) == True:  # noqa: E712 (numpy and pandas booleans too)
+        return f"{r.mean:.{d}f} ({_tex(r.note) if latex else r.note})"
     pm = " $\\pm$ " if latex else " ± "
     text = f"{r.mean:.{d}f}"
     if r.n == 1:
@@ -633,6 +644,57 @@ def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None, numbers: pd.Data
     table = pd.DataFrame([[cells.get((m, c), "") for c in cols] for m in rows], index=pd.Index(rows, name="method"),
                          columns=pd.MultiIndex.from_tuples(cols, names=["dataset", "metric", "value"]))
     return table
+
+
+# --- the synthetic set's references: the scores a translation must beat -----------------------------------
+
+REFERENCE_LABELS = {"identity": "reference: identity (output = input)",
+                    "fixed_striped": "reference: one fixed striped image"}
+
+
+def dataset_folder(run_dir, dataset: str, data_root: str | None = None) -> Path | None:
+    """The dataset folder a run trained on (its config.yaml's data_root, or `data_root`); None if unknown."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        cfg = {} if data_root else None
+    if cfg is None:
+        return None
+    return Path(data_root or cfg.get("data_root", "datasets")) / cfg.get("dataset", dataset)
+
+
+def synthetic_references(df: pd.DataFrame, data_root: str | None = None) -> dict[str, dict[str, dict]]:
+    """{dataset: qsattn.synthetic.reference_scores(...)} for each synthetic dataset the runs trained on."""
+    from qsattn.synthetic import reference_scores
+
+    out = {}
+    runs = df.drop_duplicates("run_id")
+    for dataset in _order(runs["dataset"], DATASET_ORDER):
+        if not str(dataset).startswith("synthetic"):
+            continue
+        for run_dir in runs.loc[runs["dataset"] == dataset, "run_dir"]:
+            folder = dataset_folder(run_dir, dataset, data_root) if run_dir else None
+            if folder is not None and (folder / "testA_gt").is_dir():
+                out[dataset] = reference_scores(folder)
+                break
+    return out
+
+
+def reference_numbers(references: dict[str, dict[str, dict]]) -> pd.DataFrame:
+    """The references as rows of `table1_numbers` (reference=True; the same value as last and best)."""
+    rows = []
+    for dataset, refs in references.items():
+        for name, scores in refs.items():
+            for metric in table_metrics(dataset):
+                for which in WHICH:
+                    rows.append(dict(method=REFERENCE_LABELS[name], dataset=dataset, metric=metric, which=which, n=1,
+                                     mean=scores[metric], std=np.nan, ci_low=np.nan, ci_high=np.nan, seeds="",
+                                     paper=np.nan, paper_source="", diff=np.nan, paper_outside_ci=False,
+                                     note="not trained: the score to beat", lower_is_better=metric in LOWER_IS_BETTER,
+                                     reference=True))
+    return pd.DataFrame(rows)
 
 
 # --- writers --------------------------------------------------------------------------------------------
@@ -721,10 +783,15 @@ def to_latex(numbers: pd.DataFrame, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_tables(df: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str) -> dict[str, Path]:
-    """table1.md, table1.csv (the text table), table1_numbers.csv (the numbers), table1.tex, runs.csv."""
+def write_tables(df: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str,
+                 data_root: str | None = None) -> dict[str, Path]:
+    """table1.md, table1.csv (the text table), table1_numbers.csv (the numbers), table1.tex, runs.csv.
+    A synthetic dataset's table also has the references' rows (`synthetic_references`)."""
     out.mkdir(parents=True, exist_ok=True)
-    numbers = table1_numbers(df, paper)
+    numbers = table1_numbers(df, paper).assign(reference=False)
+    references = reference_numbers(synthetic_references(df, data_root))
+    if not references.empty:
+        numbers = pd.concat([numbers, references], ignore_index=True)
     table = table1(df, paper, numbers)
     paths = {"md": out / "table1.md", "csv": out / "table1.csv", "numbers": out / "table1_numbers.csv",
              "tex": out / "table1.tex", "runs": out / "runs.csv"}
@@ -745,7 +812,7 @@ def write_report(df: pd.DataFrame, paper: pd.DataFrame | None = None, out: str |
     experiment = df.attrs.get("experiment") or "report"
     out = Path(out) if out else DEFAULT_OUT / str(experiment)
     title = f"Table 1 — sweep '{experiment}'"
-    paths = write_tables(df, paper, out, title)
+    paths = write_tables(df, paper, out, title, data_root)
     if plots:
         from results.plots import make_plots
 

@@ -431,7 +431,10 @@ def run(args) -> int:
         print(f"skip    {name}: {why}")
     print(f"{len(cells)} cells, {len(todo)} to run on {args.cluster}"
           + (f" (profile {profile_name})" if profile_name else ""))
-    if todo:
+    if todo and args.stage == "eval":  # no training: the bill (training GPU-hours, checkpoints) does not apply
+        print(f"stage eval: {len(todo)} trained cells re-scored under the grid's evaluation keys, nothing trained",
+              flush=True)
+    elif todo:
         print(bill(todo, args.cluster, profile)[0], flush=True)
     blocked = cpu_gate(todo, args, lay)
     if args.estimate:

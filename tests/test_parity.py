@@ -42,6 +42,7 @@ def assert_grads_close(module, expected: dict):
         torch.testing.assert_close(p.grad / scale, expected[name] / scale, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.float_paths
 def test_generator_and_discriminator_match_official(common):
     cfg, state = state_from_fixture(common, "cut")
     fake = state.G(torch.cat([common["real_A"], common["real_B"]]))
@@ -58,6 +59,7 @@ def test_generator_and_discriminator_match_official(common):
     assert_grads_close(state.D, common["grads_D"])
 
 
+@pytest.mark.float_paths
 @pytest.mark.parametrize("case", list(CASES))
 def test_nce_losses_selection_and_gradients_match_official(common, case):
     fx = torch.load(FIXTURES / f"parity_{case}.pt", weights_only=True)
@@ -91,3 +93,46 @@ def test_official_local_failure_is_reproduced():
     with pytest.raises(RuntimeError) as err:
         local_values(torch.randn(1, 32, 8, 8), torch.arange(16)[None], 7, "official")
     assert str(err.value).split("(")[0] == fx["official_local_failure_message"].split("(")[0]
+
+
+OFFICIAL_QS = Path(__file__).parents[1] / ".cache" / "official-qsattn"
+
+
+@pytest.mark.float_paths
+@pytest.mark.skipif(not (OFFICIAL_QS / "models").is_dir(), reason=f"no official QS-Attn checkout at {OFFICIAL_QS}")
+@pytest.mark.parametrize("B", [1, 2])
+def test_sampler_is_bitwise_the_official_code_run_here(B):
+    """The official PatchSampleF of each QS mode, imported from the checkout and run on this machine
+    on the official G's features at the official init: same indices, attention rows and outputs,
+    bit for bit, naive and chunked (the selection and the local view use the official ops)."""
+    from argparse import Namespace
+
+    from qsattn import official
+    from qsattn.sampler import PatchSampleF
+
+    qs = official.load(OFFICIAL_QS, "qsattn").modules
+    n, ngf = 64, 16                                  # num_patches = C of layers 12/16 (batch 1 needs it)
+    torch.manual_seed(B)
+    G = qs["networks_global"].define_G(3, 3, ngf, "resnet_9blocks", "instance", False, "xavier", 0.02, False,
+                                       False, [], Namespace())
+    g = torch.Generator().manual_seed(10 + B)
+    with torch.no_grad():
+        feats = G(torch.rand(B, 3, 64, 64, generator=g) * 2 - 1, [0, 4, 8, 12, 16], encode_only=True)
+    ids = [torch.randperm(f.shape[2] * f.shape[3], generator=g)[:n] for f in feats[:3]] + [None, None]
+    for mode, file in (("global", "networks_global"), ("local", "networks_local"),
+                       ("global+local", "networks_local_global")):
+        with official.on_device("cpu"), torch.no_grad():
+            ref_F = qs[file].PatchSampleF(use_mlp=True, init_type="xavier", init_gain=0.02, nc=256, gpu_ids=[])
+            ref = ref_F(feats, n, ids, None)
+        for impl in ("naive", "chunked"):
+            F = PatchSampleF(256, n, mode, (3, 4), impl=impl, chunk=1)
+            F.build([f.shape[1] for f in feats])
+            F.load_state_dict(ref_F.state_dict(), strict=True)
+            with torch.no_grad():
+                pools, our_ids, attns = F(feats, patch_ids=ids)
+            for layer in range(5):
+                assert torch.equal(pools[layer], ref[0][layer]), (mode, impl, layer)
+            for layer in (3, 4):
+                assert torch.equal(attns[layer].reshape(ref[2][layer].shape), ref[2][layer]), (mode, impl, layer)
+                if mode == "local":  # the other two files return [] as the QS layers' ids
+                    assert torch.equal(our_ids[layer], ref[1][layer]), (mode, impl, layer)
