@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from qsattn.errors import UserError
+from qsattn.presets import METHODS
 
 ROLES = ("experiment", "resumable", "runtime", "evaluation")
 
@@ -221,8 +222,6 @@ def admits(name: str) -> str:
     if name == "device":
         return DEVICE_FORMS
     if name == "method":
-        from qsattn.methods import METHODS
-
         return " | ".join(METHODS)
     kind = {"bool": "true | false", "str": "text", "int": "an integer", "float": "a number"}.get(FIELD_TYPES[name],
                                                                                             "integers, comma-separated")
@@ -260,7 +259,6 @@ def describe_keys(cfg: Config | None = None, marked: frozenset[str] = frozenset(
 def markdown_reference() -> str:
     """docs/config.md: every key with its section, default, meaning, role and range, and each method's preset.
     Generated (`python -m qsattn methods --markdown > docs/config.md`); a test keeps the file in sync."""
-    from qsattn.methods import METHODS
 
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
@@ -430,10 +428,17 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def preset(method: str) -> dict:
+    """The keys the method sets (a copy), or ConfigError naming the closest method."""
+    if method not in METHODS:
+        close = difflib.get_close_matches(method, METHODS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown method '{method}'.{hint} Valid methods: {', '.join(METHODS)}")
+    return dict(METHODS[method])
+
+
 def resolve(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """defaults <- method preset <- file values <- overrides; validated."""
-    from qsattn.methods import preset
-
     merged = dict(file_values or {})
     merged.update(overrides or {})
     method = str(merged.get("method", Config.method))

@@ -92,7 +92,7 @@ def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
     from qsattn.train import Run, train
 
     run = Run(cfg)
-    result_file = run.dir / "metrics.json"
+    result_file = run.metrics
     if result_file.exists() and run.done.exists():
         return json.loads(result_file.read_text())
     train(cfg, progress)
@@ -125,7 +125,7 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
     from qsattn.train import Run, pick_device
 
     run = Run(cfg)
-    result_file = run.dir / "metrics.json"
+    result_file = run.metrics
     if not run.latest.exists():
         raise FileNotFoundError(f"{run.latest} does not exist: train the run first (python -m qsattn train ...)")
     with locked(run.dir):
@@ -136,7 +136,7 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
         metrics = {f"{k}_last": v for k, v in numbers(last["metrics"]).items()}
         metrics["final_epoch"] = last_epoch
         history = {last_epoch: last["metrics"]}
-        kept = sorted((run.dir / "checkpoints").glob("epoch_*.pt")) if cfg.eval_checkpoints == "all" else []
+        kept = sorted(run.checkpoints.glob("epoch_*.pt")) if cfg.eval_checkpoints == "all" else []
         if kept:
             for ckpt in kept:
                 epoch = int(ckpt.stem.split("_")[1])

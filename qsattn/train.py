@@ -14,7 +14,6 @@ import math
 import os
 import random
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,21 +24,9 @@ from qsattn.atomic import atomic_write_text, remove_temporaries
 from qsattn.config import Config, ConfigError, load
 from qsattn.errors import UserError
 from qsattn.model import TrainState, configure_backends, create_state, end_epoch, generator_forward, train_step
-from qsattn.run_folder import RunFolder, locked
+from qsattn.run_folder import RUNNING, STOP, RunFolder, Stopped, locked, request_stop  # see run_folder.py
 
 log = logging.getLogger("qsattn.train")
-
-DONE_FILE = "DONE"
-
-# Set (e.g. from a preemption signal handler) to make the loop save at the next step boundary and raise
-# `Stopped`: a preempted job then loses no step. `RUNNING` tells a handler whether a loop will see it.
-STOP = threading.Event()
-RUNNING = threading.Event()
-
-
-class Stopped(Exception):
-    """Training stopped on request after saving its checkpoint; run again to resume."""
-
 
 class NonFinite(UserError, FloatingPointError):
     """A loss or a weight became inf or NaN: the run stops before it saves or exports anything."""
@@ -380,9 +367,7 @@ def add_arguments(parser) -> None:
 def _on_sigterm(signum, frame) -> None:
     """`kill PID` of a `train`: inside the loop, save at the next step and stop (Stopped); elsewhere
     stop at once. Either way the MLflow run ends KILLED and the run resumes from its checkpoint."""
-    if RUNNING.is_set():
-        STOP.set()
-    else:
+    if not request_stop():
         raise Stopped("terminated (SIGTERM) outside the training loop")
 
 

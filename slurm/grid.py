@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsattn.config import FIELDS, NOT_IN_CELL_ID, Config, ConfigError, apply, coerce, resolve, show
-from qsattn.methods import preset
+from qsattn.config import FIELDS, NOT_IN_CELL_ID, Config, ConfigError, apply, coerce, preset, resolve, show
 
 GRID_KEYS = {"name", "defaults", "methods", "datasets", "seeds", "cells", "ablations", "include_base",
              "description"}

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from qsattn.run_folder import RunFolder
 from slurm.grid import Cell, GridError, expand, select
 
 PROFILE_DIR = Path(__file__).resolve().parent
@@ -316,7 +317,7 @@ class ProgressPrinter:
             return
         self.last = time.time()
         for cell in cells:
-            text = progress_text(read_progress(cell.run_dir), trained=(cell.run_dir / "DONE").exists())
+            text = progress_text(read_progress(cell.run_dir), trained=RunFolder(cell.run_dir).done.exists())
             if text and self.shown.get(cell.name) != text:
                 print(f"{time.strftime('%H:%M:%S')} {cell.name}: {text}", flush=True)
                 self.shown[cell.name] = text
