@@ -80,12 +80,16 @@ def ui(tmp_path, synthetic_root):
             proc.wait()
 
 
-def rows_by_index(driver) -> list[str]:
-    """The runs table's rows as text (the grid draws a row's pinned and scrolling parts separately)."""
-    rows: dict[str, list[str]] = {}
-    for el in driver.find_elements("css selector", "[role=row][row-index]"):
-        rows.setdefault(el.get_attribute("row-index"), []).append(el.text)
-    return [" | ".join(parts) for _, parts in sorted(rows.items())]
+# The runs table read in one pass inside the page (its grid re-renders while it loads: elements found from
+# here may be replaced before their text is read): the column headers, and each row's cells (a row's pinned
+# and scrolling parts are drawn separately, with the same row-index).
+TABLE_JS = """
+const headers = [...document.querySelectorAll('[role=columnheader]')].map(e => e.innerText.trim());
+const rows = {};
+document.querySelectorAll('[role=row][row-index]').forEach(e => {
+  const i = e.getAttribute('row-index'); (rows[i] = rows[i] || []).push(e.innerText); });
+return [headers, Object.keys(rows).sort().map(k => rows[k].join('\\n').split('\\n').map(c => c.trim()))];
+"""
 
 
 def test_the_runs_table_shows_the_comparison_columns_and_a_run_page_its_grid(ui, tmp_path):
@@ -99,12 +103,14 @@ def test_the_runs_table_shows_the_comparison_columns_and_a_run_page_its_grid(ui,
     driver = browser()
     try:
         driver.get(link)
-        def headers(d) -> set[str]:
-            return {e.text.strip() for e in d.find_elements("css selector", "[role=columnheader]")}
 
-        WebDriverWait(driver, 120).until(lambda d: "gt_score_last" in headers(d) and len(rows_by_index(d)) >= 2)
-        assert {"Run Name", "method", "dataset", "seed", "variant", "gt_score_last"} <= headers(driver)
-        rows = [[c.strip() for part in row.split(" | ") for c in part.splitlines()] for row in rows_by_index(driver)]
+        def table(d):
+            headers, rows = d.execute_script(TABLE_JS)
+            named = all(any(r.info.run_name in row for row in rows) for r in runs)
+            return (set(headers), rows) if "gt_score_last" in headers and named else None
+
+        headers, rows = WebDriverWait(driver, 120).until(table)
+        assert {"Run Name", "method", "dataset", "seed", "variant", "gt_score_last"} <= headers
         for run in runs:
             (cells,) = [r for r in rows if run.info.run_name in r]
             tags = run.data.tags

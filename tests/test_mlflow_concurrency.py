@@ -92,19 +92,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(folder: Path, port: int | None = None):
+def running_server(folder: Path, port: int | None = None, workers: int = 2):
     """A real `mlflow server` on 127.0.0.1:port (a free one by default) with its own SQLite store; yields
-    its URL once /health answers."""
+    its URL once /health answers (a few seconds idle; minutes on a loaded 2-core machine)."""
     port = port or free_port()
     log = open(folder / f"server-{port}.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{folder / f'server-{port}.db'}",
-         "--default-artifact-root", (folder / f"artifacts-{port}").as_uri(), "--workers", "2"],
+         "--default-artifact-root", (folder / f"artifacts-{port}").as_uri(), "--workers", str(workers)],
         stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while True:
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:

@@ -79,7 +79,7 @@ def test_an_unreachable_server_costs_no_step_and_its_metrics_reach_it_later(data
 
     live = Tracker(uri, "live", "live", tmp_path / "live")
     live.log_metrics({"x": 1.0}, 1)
-    with running_server(tmp_path, port):
+    with running_server(tmp_path, port, workers=1):
         assert live.flush(90), "the sender reaches the server once it answers, without a new call"
         client = mlflow.MlflowClient(uri)
         (live_run,) = client.search_runs([client.get_experiment_by_name("live").experiment_id])
