@@ -66,11 +66,9 @@ def _main(argv: list[str]) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        import difflib
+        from qsattn.errors import did_you_mean
 
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        print(f"error: unknown subcommand '{name}'.{hint}\n\n{_usage()}", file=sys.stderr)
+        print(f"error: unknown subcommand '{name}'.{did_you_mean(name, COMMANDS)}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from qsattn.config import split_key_value
 from qsattn.run_folder import RunFolder
 from slurm.grid import Cell, GridError, expand, select
 
@@ -65,10 +66,8 @@ def load_profile(name: str | None, sets: list[str] | None = None) -> dict:
         values = yaml.safe_load(path.read_text()) or {}
         profile.update({k: v for k, v in values.items() if v is not None})
     for item in sets or []:
-        if "=" not in item:
-            raise GridError(f"--set {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        profile[key.strip()] = yaml.safe_load(value)
+        key, value = split_key_value(item, "--set", GridError)
+        profile[key] = yaml.safe_load(value)
     unknown = set(profile) - set(PROFILE_KEYS)
     if unknown:
         raise GridError(f"unknown profile keys {sorted(unknown)}; valid: {sorted(PROFILE_KEYS)}")
