@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("results.report", "build Table 1 and the plots from a sweep's MLflow runs"),
     "bench": ("qsattn.bench", "time and measure memory of training steps and of the QS sampler"),
     "methods": ("qsattn.methods", "list the methods and every option with its default"),
+    "mlflow": ("qsattn.tracking_cli", "the MLflow UI set up for comparing runs; send records kept in an outage"),
     "parity": ("qsattn.parity", "check this project against your checkout of the official code, run here"),
 }
 
