@@ -109,10 +109,11 @@ else
 	$(PY) -m qsattn report --experiment table1 --tracking-uri $(MLFLOW_URI) $(REPORT_ARGS)
 endif
 
-# `make mlflow-ui`: the MLflow UI on the project's store (http://127.0.0.1:5000); each sweep is one
-# experiment, with the tags method, dataset and seed as columns.
+# `make mlflow-ui`: the MLflow UI on the project's store (http://127.0.0.1:5000). It first prints, per
+# experiment (one per sweep), the link to its comparison view: the runs with method, dataset, seed,
+# variant and the primary metrics as columns (docs/tracking.md).
 mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+	$(PY) -m qsattn mlflow ui --tracking-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
 
 .PHONY: report reproduce-table1 mlflow-ui
 

@@ -17,7 +17,6 @@ Each key carries its metadata (`key(...)`): a one-line meaning, its section, the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import math
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from qsattn.errors import UserError
+from qsattn.errors import UserError, did_you_mean
 from qsattn.presets import METHODS
 
 ROLES = ("experiment", "resumable", "runtime", "evaluation")
@@ -329,9 +328,8 @@ def coerce(key: str, value: Any) -> Any:
 
 
 def unknown_key_error(key: str, valid: list[str], what: str = "config key") -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown {what} '{key}'.{hint} Valid keys are listed by `python -m qsattn methods`.")
+    return ConfigError(f"unknown {what} '{key}'.{did_you_mean(key, valid, n=3)} Valid keys are listed by "
+                       "`python -m qsattn methods`.")
 
 
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:
@@ -354,9 +352,8 @@ def _check_field(name: str, value: Any) -> None:
     """The choices and numeric range that the key's metadata declares."""
     meta = FIELDS[name].metadata
     if meta["choices"] and value not in meta["choices"]:
-        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(meta['choices'])}.{hint}")
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(meta['choices'])}."
+                          f"{did_you_mean(value, meta['choices'])}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name}: must be a finite number, got {value}")
     for bound, sign, holds in _BOUNDS:
@@ -384,8 +381,7 @@ def validate(cfg: Config) -> Config:
         _check_field(name, getattr(cfg, name))
     if not _DEVICE.fullmatch(cfg.device):
         gpu = "gpu" in cfg.device.lower() or "cuda" in cfg.device.lower()
-        close = ["cuda:0"] if gpu else difflib.get_close_matches(cfg.device, ["auto", "cpu", "cuda"], n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = " Did you mean 'cuda:0'?" if gpu else did_you_mean(cfg.device, ["auto", "cpu", "cuda"])
         raise ConfigError(f"device: {cfg.device!r} is not {DEVICE_FORMS}.{hint}")
     n_layers = len(cfg.nce_layers)
     if not n_layers or any(i < 0 for i in cfg.nce_layers):
@@ -418,22 +414,23 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def split_key_value(item: str, what: str = "override", error: type[Exception] = ConfigError) -> tuple[str, str]:
+    """'key=value' (a command-line override, --only, --set) -> (key, value), both stripped; else `error`."""
+    if "=" not in item:
+        raise error(f"{what} {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
+    return dict(split_key_value(item) for item in items)
 
 
 def preset(method: str) -> dict:
     """The keys the method sets (a copy), or ConfigError naming the closest method."""
     if method not in METHODS:
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown method '{method}'.{hint} Valid methods: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method '{method}'.{did_you_mean(method, METHODS)} "
+                          f"Valid methods: {', '.join(METHODS)}")
     return dict(METHODS[method])
 
 

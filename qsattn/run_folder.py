@@ -7,6 +7,8 @@
         metrics.json           evaluation results and their protocol
         mlflow_run_id          the MLflow run every attempt of this run logs to
         progress.json          step, total steps, s/step of the training, rewritten at each log step
+        tracking.jsonl         every MLflow record of the run, in order (qsattn/tracking.py sends it)
+        tracking.json          how far tracking.jsonl is sent, and whether the store answered
         sweep/<kind>.json      the sweep job's records (submitted, started, finished, failed, preempted)
         sweep/log.txt          a packed cell's stdout and stderr, every attempt appended
         .lock                  held (flock) by the one process training this folder
@@ -40,6 +42,8 @@ class RunFolder:
         self.metrics = self.dir / "metrics.json"
         self.mlflow_run_id = self.dir / "mlflow_run_id"
         self.progress = self.dir / "progress.json"
+        self.tracking_journal = self.dir / "tracking.jsonl"
+        self.tracking_state = self.dir / "tracking.json"
         self.sweep = self.dir / "sweep"
         self.sweep_log = self.sweep / "log.txt"
         self.lock = self.dir / ".lock"

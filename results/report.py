@@ -34,6 +34,7 @@ import pandas as pd
 
 from qsattn.errors import UserError
 from qsattn.run_folder import RunFolder, read_records
+from qsattn.tracking import SWEEP_KIND
 from results.references import REFERENCE_LABELS, synthetic_references
 from results.naming import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, dataset_id, in_order, method_id,
                             method_order, metric_id, row_label, table_metrics, with_mode)
@@ -101,9 +102,9 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
 
 def _variant(run_name: str, method: str, dataset: str, seed) -> str:
     """The ablation label in a sweep's run name '<method>-<dataset>-s<seed>[-<label>]-<id8>' ('' if none)."""
-    m = re.fullmatch(rf"{re.escape(str(method))}-{re.escape(str(dataset))}-s{seed}(?:-(.+))?-[0-9a-f]{{8}}",
-                     run_name or "")
-    return (m.group(1) or "") if m else ""
+    from qsattn.tracking import variant_of
+
+    return variant_of(run_name, method, dataset, seed)
 
 
 def _records(run_dir: str | None) -> dict[str, dict]:
@@ -114,8 +115,8 @@ def _records(run_dir: str | None) -> dict[str, dict]:
 def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: dict,
                folder_state: str = "") -> tuple[str, str]:
     """(finished | failed | running | interrupted, why). MLflow's own status is not enough: training that
-    fails sets the tag last_status and leaves the run open for a resume; the pipeline reopens a trained run
-    to log its evaluation; the sweep's job records say when a job failed after training; a run left open
+    fails ends FAILED or KILLED (older stores: the tag last_status) and a resume reopens it; the pipeline
+    reopens a trained run to log its evaluation; the sweep's job records say when a job failed after training; a run left open
     by a killed job is running only if its folder says so (`folder_state`: slurm.status.folder_status)."""
     latest = max(records, key=lambda k: records[k].get("time", 0)) if records else ""
     if latest == "failed":
@@ -182,11 +183,13 @@ def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFram
     rows = []
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        if tags.get("qsattn.kind") == SWEEP_KIND:
+            continue  # the sweep-level run holding this report, not a cell
         method = tags.get("method") or params.get("method", "")
         dataset = tags.get("dataset") or params.get("dataset", "")
         seed = tags.get("seed") or params.get("seed", "")
         run_dir = tags.get("run_dir", "")
-        name = tags.get("mlflow.runName") or run.info.run_name or params.get("name", "")
+        name = tags.get("run_folder") or tags.get("mlflow.runName") or run.info.run_name or params.get("name", "")
         evaluated = any(k.endswith("_last") for k in metrics)
         status, why = run_status(run.info.status, tags, evaluated, _records(run_dir), _folder_state(run_dir, live))
         if _is_orphan(run.info.run_id, run_dir):
@@ -673,6 +676,10 @@ def run(args) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if df.attrs.get("source") == "mlflow":
+        from qsattn.tracking import log_report
+
+        log_report(df.attrs["tracking_uri"], df.attrs["experiment"], list(paths.values()))
     print(paths["md"].read_text(encoding="utf-8"))
     print("written:\n" + "\n".join(f"  {p}" for p in paths.values()))
     return 0

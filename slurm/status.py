@@ -47,6 +47,7 @@ class CellStatus:
     sec_per_step: float | None = None
     eta_s: float | None = None
     log: str = ""       # the job's log file (stderr), where its progress bar and any traceback go
+    tracking: str = ""  # "tracking offline (N records kept)" while its MLflow store does not answer
 
 
 def live_jobs() -> dict[str, str]:
@@ -154,6 +155,9 @@ def folder_status(run_dir: Path | str, live: dict[str, str], name: str = "", cel
     st.job_id = str(latest.get("job_id", ""))
     st.pack = str(latest.get("pack") or records.get("submitted", {}).get("pack") or "")
     st.log = _log_file(records.get("submitted", {}), st.job_id, run_dir)
+    from qsattn.tracking import tracking_note
+
+    st.tracking = tracking_note(run_dir)
     progress = read_progress(run_dir)
     if progress:
         st.step, st.total_steps = int(progress["step"]), int(progress["total_steps"])
@@ -215,7 +219,7 @@ def _add_training_metrics(cells: list[Cell], out: list[CellStatus]) -> None:
 
 def format_table(rows: list[CellStatus], errors: bool = False) -> str:
     head = ("state", "cell", "id", "job", "mlflow run", "metric")
-    data = [(r.state, r.name, r.id[:8], r.job_id, r.mlflow_run_id[:12], r.metric) for r in rows]
+    data = [(r.state, r.name, r.id[:8], r.job_id, r.tracking or r.mlflow_run_id[:12], r.metric) for r in rows]
     if any(r.pack for r in rows):  # packed cells (cells_per_gpu > 1): which pack, beside the job
         head = head[:4] + ("pack",) + head[4:]
         data = [row[:4] + (r.pack,) + row[4:] for row, r in zip(data, rows)]

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from qsattn.config import split_key_value
 from qsattn.run_folder import RunFolder
 from slurm.grid import Cell, GridError, expand, select
 
@@ -65,10 +66,8 @@ def load_profile(name: str | None, sets: list[str] | None = None) -> dict:
         values = yaml.safe_load(path.read_text()) or {}
         profile.update({k: v for k, v in values.items() if v is not None})
     for item in sets or []:
-        if "=" not in item:
-            raise GridError(f"--set {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        profile[key.strip()] = yaml.safe_load(value)
+        key, value = split_key_value(item, "--set", GridError)
+        profile[key] = yaml.safe_load(value)
     unknown = set(profile) - set(PROFILE_KEYS)
     if unknown:
         raise GridError(f"unknown profile keys {sorted(unknown)}; valid: {sorted(PROFILE_KEYS)}")
@@ -174,22 +173,19 @@ def for_jobs(cell: Cell, threads: int = 0) -> Cell:
 
 
 def prepare_tracking(cells: list[Cell]) -> None:
-    """Create each MLflow store and experiment once, here, before any job starts: many jobs creating a
-    fresh SQLite store at the same moment race on its schema migration."""
-    import mlflow
-
-    from qsattn.tracking import artifact_root
+    """Create each MLflow store and experiment (its kind, description and view) once, here, before any
+    job starts, under the store's lock: two sweeps creating a fresh SQLite store at once corrupt it.
+    A store that does not answer is left to the jobs (they train anyway and keep their records)."""
+    from qsattn.tracking import ensure_experiment, open_client
 
     for uri, experiment in sorted({(c.config.tracking_uri, c.config.experiment) for c in cells}):
         if uri == "off":
             continue
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        if client.get_experiment_by_name(experiment) is None:
-            try:
-                client.create_experiment(experiment, artifact_location=artifact_root(uri))
-            except Exception:  # noqa: BLE001 - created meanwhile by someone else
-                if client.get_experiment_by_name(experiment) is None:
-                    raise
+        try:
+            ensure_experiment(open_client(uri), experiment, uri)
+        except Exception as exc:  # noqa: BLE001 - preflight has said what it found; training never waits on it
+            print(f"warning: MLflow at {uri} does not answer ({type(exc).__name__}); the cells train anyway and "
+                  f"keep their records for it (docs/tracking.md)", file=sys.stderr)
 
 
 def plan(cells: list[Cell], stage: str, retry_failed: bool = True) -> tuple[list[Cell], dict[str, str]]:
