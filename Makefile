@@ -26,15 +26,14 @@ test-all: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# The whole harness end to end on the built-in synthetic dataset, on the CPU: data, a sweep of CUT,
-# FastCUT and QS-Attn (global) through submitit's local executor, translation, ground-truth scores,
-# MLflow runs (experiment "demo" in mlruns.db), and the report (results/out/demo/).
+# The whole harness end to end on the built-in synthetic dataset, on the CPU (docs/demo.md): data, a sweep
+# of CUT, FastCUT and QS-Attn (global) through submitit's local executor (a progress line every 30 s),
+# translation, ground-truth scores, MLflow runs (experiment "demo" in mlruns.db), and the report
+# (results/out/demo/), whose table (printed at the end) has the two scores to beat beside the methods.
 demo: $(STAMP)
-	$(PY) -m qsattn synthetic --out datasets/synthetic --size 32
+	$(PY) -m qsattn synthetic --out datasets/synthetic --demo
 	$(PY) -m qsattn sweep experiments/demo.yaml --cluster local --max-parallel 3
 	$(PY) -m qsattn report --experiment demo --out results/out/demo
-	@echo "The identity mapping (output = input), the score to beat:"
-	@$(PY) -m qsattn synthetic --out datasets/synthetic --size 32 --score datasets/synthetic/testA
 	@echo "Runs: make mlflow-ui (experiment 'demo'); report: results/out/demo/table1.md and its plots."
 
 # This project against the official code, run here (docs/faithfulness.md): `make parity OFFICIAL=PATH/query-selected-attention
@@ -110,10 +109,11 @@ else
 	$(PY) -m qsattn report --experiment table1 --tracking-uri $(MLFLOW_URI) $(REPORT_ARGS)
 endif
 
-# `make mlflow-ui`: the MLflow UI on the project's store (http://127.0.0.1:5000); each sweep is one
-# experiment, with the tags method, dataset and seed as columns.
+# `make mlflow-ui`: the MLflow UI on the project's store (http://127.0.0.1:5000). It first prints, per
+# experiment (one per sweep), the link to its comparison view: the runs with method, dataset, seed,
+# variant and the primary metrics as columns (docs/tracking.md).
 mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+	$(PY) -m qsattn mlflow ui --tracking-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
 
 .PHONY: report reproduce-table1 mlflow-ui
 

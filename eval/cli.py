@@ -99,13 +99,14 @@ def _run_or_released(args: argparse.Namespace) -> dict:
 
     from qsattn.config import resolve
     from qsattn.pipeline import evaluate_checkpoint, evaluate_run
+    from qsattn.run_folder import RunFolder
 
     if args.expect and not args.released:
         raise EvalError("--expect compares a released generator's FIDs: use it with --released NAME.")
     options = dict(cache_dir=args.cache_dir, label_ids=args.label_ids)
     overrides = _overrides(args)
     if args.run:
-        config_file = Path(args.run) / "config.yaml"
+        config_file = RunFolder(args.run).config
         if not config_file.exists():
             raise EvalError(f"{config_file} not found: --run takes a run folder written by `python -m qsattn train`")
         values = yaml.safe_load(config_file.read_text())

@@ -282,6 +282,21 @@ def score_translation(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) 
     return _score_all(data_dir, sources, lambda src, size: _read(preds[src.stem], size))
 
 
+def shuffled_score(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) -> dict[str, float]:
+    """The control for an input-dependent translation: each prediction scored against the next test image
+    (cyclically) instead of its own. A generator that ignores its input (the same striped blob for every
+    image) scores the same here as in `score_translation`; one that follows the input scores lower."""
+    pred_dir, data_dir = Path(pred_dir), Path(data_dir)
+    from qsattn.data import is_image_file
+
+    sources = sorted(p for p in (data_dir / "testA").iterdir() if is_image_file(p.name))
+    score_translation(pred_dir, data_dir)  # the same checks of the folders and the predictions
+    preds = {p.stem: p for p in sorted(pred_dir.iterdir(), key=lambda p: p.suffix.lower() != ".png")
+             if is_image_file(p.name)}
+    following = {src.stem: sources[(i + 1) % len(sources)].stem for i, src in enumerate(sources)}
+    return _score_all(data_dir, sources, lambda src, size: _read(preds[following[src.stem]], size))
+
+
 def _score_all(data_dir: Path, sources: list[Path], predict) -> dict[str, float]:
     """Mean scores over `sources` (testA images); predict(source_path, (w, h)) -> float RGB array."""
     rows = []

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from results.report import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, REFERENCE_LABELS, _method_order, _order,
-                            dataset_folder, load_history, row_label, synthetic_references, table_metrics)
+from results.history import load_history
+from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
+from results.references import REFERENCE_LABELS, dataset_folder, synthetic_references
 
 LOSSES = ("G", "NCE", "G_GAN", "D")  # plotted; NCE_Y (CUT only), D_real and D_fake are in MLflow
 LOSS_LABELS = {"G": "generator total", "NCE": "PatchNCE (X)", "NCE_Y": "PatchNCE (Y, identity)", "D": "discriminator",
@@ -56,7 +57,7 @@ def _with_labels(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _methods(labels) -> list[str]:
-    return _order(labels, _method_order())
+    return in_order(labels, method_order())
 
 
 def primary_metric_of(dataset: str, df: pd.DataFrame) -> str:
@@ -79,7 +80,7 @@ def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path, references:
 
     rows = []
     finished = _with_labels(df[df["status"] == "finished"])
-    datasets = _order(df["dataset"], DATASET_ORDER)
+    datasets = in_order(df["dataset"], DATASET_ORDER)
     for dataset in datasets:
         metric = primary_metric_of(dataset, df)
         for which in ("last", "best"):
@@ -150,7 +151,7 @@ def loss_curves(history: pd.DataFrame, out: Path) -> dict[str, Path]:
     losses = [k for k in LOSSES if k in set(data["metric"])]
     data = data[data["metric"].isin(losses)].copy()
     data["loss"] = data["metric"].map(lambda k: f"{k}: {LOSS_LABELS.get(k, k)}")
-    datasets = _order(data["dataset"], DATASET_ORDER)
+    datasets = in_order(data["dataset"], DATASET_ORDER)
     g = sns.relplot(data, x="step", y="value", hue="label", hue_order=_methods(data["label"]), kind="line",
                     row="dataset", row_order=datasets, col="loss",
                     col_order=[f"{k}: {LOSS_LABELS.get(k, k)}" for k in losses], errorbar="sd",
@@ -174,7 +175,7 @@ def checkpoint_curves(df: pd.DataFrame, history: pd.DataFrame, out: Path) -> dic
     if history.empty:
         return {}
     data = _with_labels(history)
-    datasets = [d for d in _order(data["dataset"], DATASET_ORDER)
+    datasets = [d for d in in_order(data["dataset"], DATASET_ORDER)
                 if f"checkpoint_{primary_metric_of(d, df)}" in set(data.loc[data["dataset"] == d, "metric"])]
     if not datasets:
         return {}
@@ -249,7 +250,7 @@ def qualitative_grid(df: pd.DataFrame, out: Path, data_root: str | None = None, 
     paths: dict[str, Path] = {}
     runs = _with_labels(df[df["status"] == "finished"].drop_duplicates("run_id"))
     runs = runs[runs["run_dir"].astype(bool)]
-    for dataset in _order(runs["dataset"], DATASET_ORDER):
+    for dataset in in_order(runs["dataset"], DATASET_ORDER):
         chosen = {}
         for label in _methods(runs.loc[runs["dataset"] == dataset, "label"]):
             cand = runs[(runs["dataset"] == dataset) & (runs["label"] == label)].sort_values("seed", key=lambda s: s.astype(str))

@@ -85,10 +85,11 @@ def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: 
             losses["NCE_Y"] = 1.4 / math.sqrt(step)
         tracker.log_metrics(losses, step)
     if state == "failed":
-        tracker.set_tags({"last_status": "FAILED"})  # train(): the run stays open for a resume
+        tracker.finish("FAILED")  # train(): the run ends FAILED; a resume sets it RUNNING again
         return run_dir
     if state == "running":
-        return run_dir  # running while the caller holds its run-folder lock, as a training process does
+        assert tracker.flush()  # running while the caller holds its run-folder lock, as a training process does
+        return run_dir
     tracker.finish("FINISHED")
     metric = _metric(dataset)
     last, best = last_value(method, dataset, seed), best_value(method, dataset, seed)
@@ -382,6 +383,9 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(grid["defaults"]["experiment"]).experiment_id])
+    (sweep_run,) = [r for r in runs if r.data.tags.get("qsattn.kind") == "sweep"]  # holds the report
+    assert "report/table1.md" in [a.path for a in client.list_artifacts(sweep_run.info.run_id, "report")]
+    runs = [r for r in runs if r is not sweep_run]
     assert sorted(r.data.tags["method"] for r in runs) == sorted(grid["methods"])
     numbers = pd.read_csv(tmp_path / "report" / "table1_numbers.csv")
     for run in runs:

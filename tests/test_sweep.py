@@ -220,7 +220,7 @@ def test_stage_eval_rescores_trained_cells_under_the_grids_new_evaluation_keys_w
     capsys.readouterr()
     assert cli(["sweep", str(grid), "--cluster", "debug", "--stage", "eval"]) == 0
     out = capsys.readouterr().out
-    assert "fastcut-synthetic-s0: not trained" in out
+    assert "fastcut-synthetic-s0: not trained" in out and "1 trained cells re-scored" in out and "GPU-hours" not in out
     second = json.loads((run_dir / "metrics.json").read_text())
     assert second["protocol"]["checkpoints"]["scored"] == "last" and "gt_score_best" not in second["metrics"]
     assert second["metrics"]["gt_score_last"] == pytest.approx(first["metrics"]["gt_score_last"])

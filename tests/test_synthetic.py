@@ -222,3 +222,14 @@ def test_a_texture_lies_over_both_domains_background_and_keeps_the_ground_truth_
     assert 3 < field[~mask].std() < 12 and np.abs(np.diff(field, axis=1)).mean() < 3  # about 6 levels, smooth
     _predict(textured, tmp_path / "gt", "testA_gt")
     assert synthetic.score_translation(tmp_path / "gt", textured)["gt_score"] == pytest.approx(1.0)
+
+
+def test_the_shuffled_control_tells_an_input_independent_answer_from_a_translation(dataset, tmp_path):
+    """One fixed image for every input scores the same shuffled; the ground truth loses most of its score."""
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    for p in (dataset / "testA").iterdir():
+        shutil.copy(dataset / synthetic.FIXED_STRIPED, fixed / p.name)
+    assert synthetic.shuffled_score(fixed, dataset) == synthetic.score_translation(fixed, dataset)
+    _predict(dataset, tmp_path / "gt", "testA_gt")
+    assert synthetic.shuffled_score(tmp_path / "gt", dataset)["gt_score"] < 0.5

@@ -7,7 +7,9 @@ Each candidate is the demo grid's cell for a method with some keys changed (CAND
 size is the key `size`). Cells run as separate processes, `--jobs` at once, one torch thread each, with
 MLflow off; a finished cell is not trained again (its metrics.json is read), so the study resumes.
 The table (Markdown, also written to OUT/study.md, rows to OUT/study.json) has, per candidate and method,
-each seed's gt_score, the worst seed's shape IoU and stripe score, and the training seconds per step
+each seed's gt_score, the largest gt_score of the shuffled control (qsattn.synthetic.shuffled_score:
+near gt_score means the outputs ignore the input), the worst seed's shape IoU and stripe score, and the
+training seconds per step
 (wall clock: on a shared machine compare the ratios, not the absolute times).
 """
 from __future__ import annotations
@@ -25,14 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = ("cut", "fastcut", "qsattn-global")
-# name -> changes to the demo grid's cell ({"size": px} sets load_size = crop_size and the dataset's size;
-# "fastcut" holds the changes for FastCUT alone, e.g. its shorter schedule).
-CANDIDATES: dict[str, dict] = {
+# name -> changes to the demo grid's cell: config keys; "size" (load_size = crop_size = the dataset's size),
+# "texture" and "hint" (the dataset's options); "fastcut": changes for FastCUT alone.
+_DEEP = dict(nce_layers="4,8,12,16", qs_layers="2,3")  # without layer 0 (the image itself)
+_PLAIN = dict(no_antialias="true", no_antialias_up="true")  # strided convs, not anti-aliased resampling
+_LONG_FASTCUT = dict(fastcut=dict(n_epochs=4, n_epochs_decay=2))  # FastCUT as long as CUT
+CANDIDATES: dict[str, dict] = {  # the rows of docs/demo.md's study table
     "grid": {},  # experiments/demo.yaml as it is
-    "s32-old": dict(size=32, ngf=16, ndf=16, num_patches=64, nce_layers="0,4,8,12,16", n_epochs=4, n_epochs_decay=2,
-                    fastcut=dict(n_epochs=2, n_epochs_decay=1)),
-    "s64": dict(size=64, nce_layers="4,8,12,16", qs_layers="2,3"),
-    "s64-l0": dict(size=64),
+    "s64": dict(size=64, **_DEEP),
+    "n4lr1": dict(lr=0.001, **_DEEP),
+    "h15": dict(hint=0.15, **_DEEP),
+    "h15na": dict(hint=0.15, **_DEEP, **_PLAIN),
+    "t6na": dict(texture=6, **_DEEP, **_PLAIN),
+    "t6na-lr5-long": dict(texture=6, lr=0.0005, **_DEEP, **_PLAIN, **_LONG_FASTCUT),
+    "t6-lr5-long": dict(texture=6, lr=0.0005, **_DEEP, **_LONG_FASTCUT),
+    "sh": dict(texture=6, nce_layers="0,4,8", qs_layers="1,2", **_PLAIN),
+    "s48": dict(size=48, texture=6, **_PLAIN),
 }
 
 
@@ -71,7 +81,11 @@ def _train_one(cfg_dict: dict) -> dict:
         wall = json.loads(timing.read_text())["wall_s"]
     else:
         timing.write_text(json.dumps({"wall_s": wall}))
-    return {"metrics": result["metrics"], "wall_s": wall}
+    from qsattn.synthetic import shuffled_score
+
+    run_dir = Path(cfg.run_root) / cfg.name
+    shuffled = shuffled_score(run_dir / "translations" / "last", Path(cfg.data_root) / cfg.dataset)["gt_score"]
+    return {"metrics": result["metrics"], "wall_s": wall, "shuffled": shuffled}
 
 
 def _steps(cfg) -> int:
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             row = dict(candidate=cand, method=method, seed=seed, data=_data_name(size), steps=_steps(cfg),
                        gt_score=m["gt_score_last"], shape_iou=m["shape_iou_last"],
                        stripe_score=m["stripe_score_last"], background_l1=m["background_l1_last"],
-                       wall_s=res["wall_s"], s_per_step=res["wall_s"] / _steps(cfg))
+                       shuffled_gt_score=res["shuffled"], wall_s=res["wall_s"], s_per_step=res["wall_s"] / _steps(cfg))
             rows.append(row)
             print(f"[{n}/{len(jobs)}] {cand} {method} seed {seed}: gt_score {row['gt_score']:.3f} "
                   f"iou {row['shape_iou']:.2f} stripe {row['stripe_score']:.2f} ({row['wall_s']:.0f} s)", flush=True)
@@ -136,19 +150,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(rows: list[dict], references: dict) -> str:
-    lines = ["| candidate | method | steps | gt_score per seed | min IoU | min stripe | s/step | passes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| candidate | method | steps | gt_score per seed | shuffled, max | min IoU | min stripe | s/step | passes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["candidate"], r["method"]) for r in rows):
         group = sorted((r for r in rows if (r["candidate"], r["method"]) == key), key=lambda r: r["seed"])
         ref = references[group[0]["data"]]
         bar = max(2 * ref["identity"]["gt_score"], ref["fixed_striped"]["gt_score"])
         ok = all(r["gt_score"] >= bar and r["shape_iou"] >= 0.5 and r["stripe_score"] >= 0.5 for r in group)
         scores = " / ".join(f"{r['gt_score']:.3f}" for r in group)
-        lines.append(f"| {key[0]} | {key[1]} | {group[0]['steps']} | {scores} | {min(r['shape_iou'] for r in group):.2f} "
+        lines.append(f"| {key[0]} | {key[1]} | {group[0]['steps']} | {scores} "
+                     f"| {max(r['shuffled_gt_score'] for r in group):.3f} | {min(r['shape_iou'] for r in group):.2f} "
                      f"| {min(r['stripe_score'] for r in group):.2f} "
                      f"| {sum(r['s_per_step'] for r in group) / len(group):.3f} | {'yes' if ok else 'no'} |")
     for data, ref in sorted(references.items()):
-        lines.append(f"\nData {data} (px, hint): identity gt_score {ref['identity']['gt_score']:.3f}, fixed striped image "
+        lines.append(f"\nData {data}: identity gt_score {ref['identity']['gt_score']:.3f}, fixed striped image "
                      f"{ref['fixed_striped']['gt_score']:.3f}; a setting passes when every seed has gt_score >= "
                      f"max(2 x identity, fixed striped), shape IoU >= 0.5 and stripe score >= 0.5.")
     return "\n".join(lines) + "\n"
