@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The default suite (under 15 minutes on 2 CPU cores). Slow tests: `make test-all`.
+# The default suite (under 15 minutes on 2 CPU cores), then its float_paths tests again on another float
+# path (ATEN_CPU_CAPABILITY=default: ATen's non-vectorised kernels), so that no test holds only for this
+# CPU's rounding (docs/testing.md). Slow tests: `make test-all`.
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "float_paths and not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -23,16 +26,25 @@ test-all: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# The whole harness end to end on the built-in synthetic dataset, on the CPU: data, a sweep of CUT,
-# FastCUT and QS-Attn (global) through submitit's local executor, translation, ground-truth scores,
-# MLflow runs (experiment "demo" in mlruns.db), and the report (results/out/demo/).
+# The whole harness end to end on the built-in synthetic dataset, on the CPU (docs/demo.md): data, a sweep
+# of CUT, FastCUT and QS-Attn (global) through submitit's local executor (a progress line every 30 s),
+# translation, ground-truth scores, MLflow runs (experiment "demo" in mlruns.db), and the report
+# (results/out/demo/), whose table (printed at the end) has the two scores to beat beside the methods.
 demo: $(STAMP)
-	$(PY) -m qsattn synthetic --out datasets/synthetic --size 32
+	$(PY) -m qsattn synthetic --out datasets/synthetic --demo
 	$(PY) -m qsattn sweep experiments/demo.yaml --cluster local --max-parallel 3
 	$(PY) -m qsattn report --experiment demo --out results/out/demo
-	@echo "The identity mapping (output = input), the score to beat:"
-	@$(PY) -m qsattn synthetic --out datasets/synthetic --size 32 --score datasets/synthetic/testA
 	@echo "Runs: make mlflow-ui (experiment 'demo'); report: results/out/demo/table1.md and its plots."
+
+# This project against the official code, run here (docs/faithfulness.md): `make parity OFFICIAL=PATH/query-selected-attention
+# CUT=PATH/contrastive-unpaired-translation [PARITY_ARGS="--device cuda"]`. Prints one table, every row PASS.
+OFFICIAL ?= .cache/official-qsattn
+CUT ?= .cache/official-cut
+PARITY_ARGS ?=
+parity: $(STAMP)
+	$(PY) -m qsattn parity --official $(OFFICIAL) $(if $(CUT),--cut $(CUT)) $(PARITY_ARGS)
+
+.PHONY: parity
 
 # Download, verify and prepare a dataset: `make data DATASET=horse2zebra` (see `python -m qsattn data --list`).
 DATASET ?= horse2zebra
@@ -97,10 +109,11 @@ else
 	$(PY) -m qsattn report --experiment table1 --tracking-uri $(MLFLOW_URI) $(REPORT_ARGS)
 endif
 
-# `make mlflow-ui`: the MLflow UI on the project's store (http://127.0.0.1:5000); each sweep is one
-# experiment, with the tags method, dataset and seed as columns.
+# `make mlflow-ui`: the MLflow UI on the project's store (http://127.0.0.1:5000). It first prints, per
+# experiment (one per sweep), the link to its comparison view: the runs with method, dataset, seed,
+# variant and the primary metrics as columns (docs/tracking.md).
 mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+	$(PY) -m qsattn mlflow ui --tracking-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
 
 .PHONY: report reproduce-table1 mlflow-ui
 
@@ -121,3 +134,15 @@ slurm-down:
 	slurm/local-cluster.sh stop
 
 .PHONY: sweep slurm-up slurm-down
+
+# `make check-released`: the self-check. Scores the released CUT and FastCUT generators on Horse->Zebra and
+# Cat->Dog in both FID modes and compares each FID with its published reproduction
+# (results/released_model_fids.csv, clean-fid's leaderboard); fails where one differs by more than 0.02 or
+# cannot be scored. Needs the datasets (make data), checkpoints/released/ (make reproduce-table1 FROM=released
+# fetches it) and the Inception files; EVAL_ARGS passes more `qsattn eval` options (--inception-weights ...).
+EVAL_ARGS ?=
+check-released: $(STAMP)
+	$(PY) -m results.released --expect results/released_model_fids.csv --out results/out/released \
+		$(if $(EVAL_ARGS),-- $(EVAL_ARGS))
+
+.PHONY: check-released

@@ -13,7 +13,7 @@ clean-fid's files are fetched on first use; offline, download them elsewhere and
 --inception-weights clean=PATH,legacy_pytorch=PATH (or set QSATTN_INCEPTION_WEIGHTS to the same):
   clean           https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt
   legacy_pytorch  https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-legacy_pytorch is the protocol of the FIDs printed in the CUT / QS-Attn papers. DRN Cityscapes weights
+legacy_pytorch is the protocol of the CUT paper FIDs (and, as far as records show, QS-Attn's). DRN Cityscapes weights
 (drn_d_22_cityscapes.pth, drn-d-105_ms_cityscapes.pth): http://go.yf.io/drn-cityscapes-models (fyu/drn).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the run's fid_modes). legacy_pytorch is the papers' (pytorch-fid)")
     parser.add_argument("--inception-weights", metavar="MODE=PATH,...", help="local Inception files (see below)")
     parser.add_argument("--dataset", help="dataset name in the reference cache key (default: parent folder of --ref); "
-                        "a known dataset's split sizes are checked")
+                        "without --test-input, a known dataset's split sizes are checked")
     parser.add_argument("--split", help="split name in the reference cache key (default: name of --ref)")
     parser.add_argument("--cache-dir", metavar="DIR", help="where reference statistics are cached "
                         "(default: $QSATTN_EVAL_CACHE or ~/.cache/qsattn/eval)")
@@ -99,13 +99,14 @@ def _run_or_released(args: argparse.Namespace) -> dict:
 
     from qsattn.config import resolve
     from qsattn.pipeline import evaluate_checkpoint, evaluate_run
+    from qsattn.run_folder import RunFolder
 
     if args.expect and not args.released:
         raise EvalError("--expect compares a released generator's FIDs: use it with --released NAME.")
     options = dict(cache_dir=args.cache_dir, label_ids=args.label_ids)
     overrides = _overrides(args)
     if args.run:
-        config_file = Path(args.run) / "config.yaml"
+        config_file = RunFolder(args.run).config
         if not config_file.exists():
             raise EvalError(f"{config_file} not found: --run takes a run folder written by `python -m qsattn train`")
         values = yaml.safe_load(config_file.read_text())
@@ -128,10 +129,11 @@ def _folders(args: argparse.Namespace) -> dict:
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     modes = tuple(m.strip() for m in (args.fid_modes or ",".join(FID_MODES)).split(",") if m.strip())
-    if {"fid", "kid"} & set(metrics) and args.test_input is None and args.dataset:
+    if {"fid", "kid"} & set(metrics) and args.test_input is None and (args.dataset or args.ref):
         from eval.folders import check_known_counts
 
-        check_known_counts(args.dataset, args.gen, args.ref)
+        # the dataset named, else the folder above --ref (datasets/horse2zebra/testB -> horse2zebra)
+        check_known_counts(args.dataset or Path(args.ref).resolve().parent.name, args.gen, args.ref)
     return evaluate_folder_pair(
         args.gen, args.ref, metrics=metrics, ref_stats=args.ref_stats, test_input_dir=args.test_input,
         modes=modes, dataset=args.dataset, split=args.split, inception_path=args.inception_weights,

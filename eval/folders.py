@@ -60,9 +60,13 @@ def _named(stems: list[str], limit: int) -> str:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file: it names the exact weights that produced a score."""
-    from qsattn.datasets import sha256_of
+    import hashlib
 
-    return sha256_of(Path(path))
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def image_resolution(files: list[Path]) -> str:

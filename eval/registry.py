@@ -12,13 +12,13 @@ checkpoint where the others follow it; `select_best` is the one place that picks
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from eval.folders import EvalError
 from qsattn.config import FID_MODES
+from qsattn.errors import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,7 @@ def list_metrics() -> list[str]:
 
 def get_metric(name: str) -> Callable[[EvalOptions], dict]:
     if name not in _METRICS:
-        close = difflib.get_close_matches(name, _METRICS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise EvalError(f"unknown metric '{name}'.{hint} Known: {', '.join(list_metrics())}.")
+        raise EvalError(f"unknown metric '{name}'.{did_you_mean(name, _METRICS)} Known: {', '.join(list_metrics())}.")
     return _METRICS[name]
 
 

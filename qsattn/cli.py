@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("results.report", "build Table 1 and the plots from a sweep's MLflow runs"),
     "bench": ("qsattn.bench", "time and measure memory of training steps and of the QS sampler"),
     "methods": ("qsattn.methods", "list the methods and every option with its default"),
+    "mlflow": ("qsattn.tracking_cli", "the MLflow UI set up for comparing runs; send records kept in an outage"),
+    "parity": ("qsattn.parity", "check this project against your checkout of the official code, run here"),
 }
 
 
@@ -64,11 +66,9 @@ def _main(argv: list[str]) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        import difflib
+        from qsattn.errors import did_you_mean
 
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        print(f"error: unknown subcommand '{name}'.{hint}\n\n{_usage()}", file=sys.stderr)
+        print(f"error: unknown subcommand '{name}'.{did_you_mean(name, COMMANDS)}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)

@@ -17,7 +17,6 @@ Each key carries its metadata (`key(...)`): a one-line meaning, its section, the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import math
@@ -26,7 +25,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from qsattn.errors import UserError
+from qsattn.errors import UserError, did_you_mean
+from qsattn.presets import METHODS
 
 ROLES = ("experiment", "resumable", "runtime", "evaluation")
 
@@ -194,8 +194,11 @@ def keys_with_role(*roles: str) -> frozenset[str]:
 
 # Left out of a sweep cell's id: where and how a run is recorded, and how it is scored.
 NOT_IN_CELL_ID = keys_with_role("runtime", "evaluation")
+# Keys that another key replaced, read as it: a run folder's config.yaml or a grid written before then still
+# loads, and the old key in a checkpoint's saved config never blocks a resume.
+RETIRED_KEYS = {"fid_mode": "fid_modes"}   # one FID mode -> the comma list of modes (one is a valid list)
 # May differ between a run and its resumed continuation; any other difference is an error.
-RESUMABLE_KEYS = keys_with_role("resumable", "runtime", "evaluation")
+RESUMABLE_KEYS = keys_with_role("resumable", "runtime", "evaluation") | frozenset(RETIRED_KEYS)
 
 
 # --- the keys described from their metadata (train --help, methods NAME, docs/config.md) -------------
@@ -218,8 +221,6 @@ def admits(name: str) -> str:
     if name == "device":
         return DEVICE_FORMS
     if name == "method":
-        from qsattn.methods import METHODS
-
         return " | ".join(METHODS)
     kind = {"bool": "true | false", "str": "text", "int": "an integer", "float": "a number"}.get(FIELD_TYPES[name],
                                                                                             "integers, comma-separated")
@@ -257,7 +258,6 @@ def describe_keys(cfg: Config | None = None, marked: frozenset[str] = frozenset(
 def markdown_reference() -> str:
     """docs/config.md: every key with its section, default, meaning, role and range, and each method's preset.
     Generated (`python -m qsattn methods --markdown > docs/config.md`); a test keeps the file in sync."""
-    from qsattn.methods import METHODS
 
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
@@ -328,9 +328,8 @@ def coerce(key: str, value: Any) -> Any:
 
 
 def unknown_key_error(key: str, valid: list[str], what: str = "config key") -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown {what} '{key}'.{hint} Valid keys are listed by `python -m qsattn methods`.")
+    return ConfigError(f"unknown {what} '{key}'.{did_you_mean(key, valid, n=3)} Valid keys are listed by "
+                       "`python -m qsattn methods`.")
 
 
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:
@@ -338,6 +337,7 @@ def apply(cfg: Config, updates: dict[str, Any]) -> Config:
     valid = list(FIELD_TYPES)
     clean = {}
     for key, value in updates.items():
+        key = RETIRED_KEYS.get(key, key)
         if key not in FIELD_TYPES:
             raise unknown_key_error(key, valid)
         clean[key] = coerce(key, value)
@@ -352,9 +352,8 @@ def _check_field(name: str, value: Any) -> None:
     """The choices and numeric range that the key's metadata declares."""
     meta = FIELDS[name].metadata
     if meta["choices"] and value not in meta["choices"]:
-        close = difflib.get_close_matches(str(value), meta["choices"], n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(meta['choices'])}.{hint}")
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(meta['choices'])}."
+                          f"{did_you_mean(value, meta['choices'])}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name}: must be a finite number, got {value}")
     for bound, sign, holds in _BOUNDS:
@@ -382,8 +381,7 @@ def validate(cfg: Config) -> Config:
         _check_field(name, getattr(cfg, name))
     if not _DEVICE.fullmatch(cfg.device):
         gpu = "gpu" in cfg.device.lower() or "cuda" in cfg.device.lower()
-        close = ["cuda:0"] if gpu else difflib.get_close_matches(cfg.device, ["auto", "cpu", "cuda"], n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = " Did you mean 'cuda:0'?" if gpu else did_you_mean(cfg.device, ["auto", "cpu", "cuda"])
         raise ConfigError(f"device: {cfg.device!r} is not {DEVICE_FORMS}.{hint}")
     n_layers = len(cfg.nce_layers)
     if not n_layers or any(i < 0 for i in cfg.nce_layers):
@@ -416,20 +414,28 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def split_key_value(item: str, what: str = "override", error: type[Exception] = ConfigError) -> tuple[str, str]:
+    """'key=value' (a command-line override, --only, --set) -> (key, value), both stripped; else `error`."""
+    if "=" not in item:
+        raise error(f"{what} {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
+    return dict(split_key_value(item) for item in items)
+
+
+def preset(method: str) -> dict:
+    """The keys the method sets (a copy), or ConfigError naming the closest method."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'.{did_you_mean(method, METHODS)} "
+                          f"Valid methods: {', '.join(METHODS)}")
+    return dict(METHODS[method])
 
 
 def resolve(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """defaults <- method preset <- file values <- overrides; validated."""
-    from qsattn.methods import preset
-
     merged = dict(file_values or {})
     merged.update(overrides or {})
     method = str(merged.get("method", Config.method))

@@ -109,6 +109,20 @@ def _prepare_by_layout(entry: Dataset, archives: dict[str, Path], staging: Path,
 CITYSCAPES_SIZE = (256, 256)
 
 
+def _pil_filter(name: str):
+    def get():
+        from PIL import Image  # only Cityscapes needs Pillow here
+
+        return getattr(Image.Resampling, name.upper())
+    return get
+
+
+# --cityscapes-resample: the filter of the 256x256 resize of labels and photos. nearest is what the published
+# numbers' preparation used (see _prepare_cityscapes).
+RESAMPLE_FILTERS = {name: _pil_filter(name) for name in ("nearest", "bicubic", "bilinear", "lanczos", "box")}
+CITYSCAPES_DEFAULT_RESAMPLE = "nearest"
+
+
 def _prepare_cityscapes(entry: Dataset, archives: dict[str, Path], staging: Path, options: dict) -> None:
     """Labels -> photos as CUT's datasets/prepare_cityscapes_dataset.py builds it, read straight from the
     zips (leftImg8bit is 11 GB; extracting it first would double the disk needed).
@@ -117,13 +131,13 @@ def _prepare_cityscapes(entry: Dataset, archives: dict[str, Path], staging: Path
     script stores them the other way round and trains with --direction BtoA); files are named by their
     Cityscapes id (`frankfurt_000000_000294.jpg`) instead of a running index so that each test label map
     can be matched with its labelIds file. Like the official script: 256x256, the same filter for labels
-    and photos (it calls `resize((256, 256))` with Pillow's default filter: NEAREST in the Pillow 6.1.0
-    that CUT's environment.yml pins, BICUBIC from Pillow 7.0 on, hence `--cityscapes-resample`), JPEG
-    quality 100 without chroma subsampling; train -> trainA/trainB, val (500) -> testA/testB.
+    and photos, JPEG quality 100 without chroma subsampling; train -> trainA/trainB, val (500) ->
+    testA/testB. The filter: the official script calls `resize((256, 256))` with Pillow's default
+    (datasets/prepare_cityscapes_dataset.py:19), which is NEAREST in the Pillow 6.1.0 that CUT's
+    environment.yml:12 pins (BICUBIC from Pillow 7.0 on); hence NEAREST by default, the others selectable
+    with `--cityscapes-resample` (docs/datasets.md; tools/cityscapes_filters.py measures the difference).
     """
-    from PIL import Image  # only this dataset needs Pillow
-
-    resample = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}[options["resample"]]
+    resample = RESAMPLE_FILTERS[options["resample"]]()
     gt = zipfile.ZipFile(archives["gtFine_trainvaltest.zip"])
     photos = zipfile.ZipFile(archives["leftImg8bit_trainvaltest.zip"])
     with gt, photos:
@@ -136,6 +150,8 @@ def _prepare_cityscapes(entry: Dataset, archives: dict[str, Path], staging: Path
             return out
 
         def save(zf: zipfile.ZipFile, member: str, path: Path, filt, fmt: str) -> None:
+            from PIL import Image
+
             with zf.open(member) as f, Image.open(f) as im:
                 im = im.convert("RGB") if fmt == "JPEG" else im
                 im = im.resize(CITYSCAPES_SIZE, filt)
@@ -169,7 +185,7 @@ def _prepare_cityscapes(entry: Dataset, archives: dict[str, Path], staging: Path
                 save(gt, labels[key], dirs["A"] / f"{key}.jpg", resample, "JPEG")
                 save(photos, images[key], dirs["B"] / f"{key}.jpg", resample, "JPEG")
                 if "ids" in dirs:
-                    save(gt, label_ids[key], dirs["ids"] / f"{key}.png", Image.Resampling.NEAREST, "PNG")
+                    save(gt, label_ids[key], dirs["ids"] / f"{key}.png", RESAMPLE_FILTERS["nearest"](), "PNG")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,7 +578,7 @@ def _make_readable(folder: Path) -> None:
 
 
 def prepare(entry: Dataset, root: str | Path = "datasets", *, mirror: str | None = None,
-            zips_dir: str | Path | None = None, resample: str = "bicubic", keep_archives: bool = False,
+            zips_dir: str | Path | None = None, resample: str = CITYSCAPES_DEFAULT_RESAMPLE, keep_archives: bool = False,
             progress: bool = True) -> Path:
     """Make ROOT/NAME hold the verified dataset and return its path; a no-op when it already does."""
     root = Path(root)
@@ -638,9 +654,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cityscapes-zips", default=None, metavar="DIR",
                         help="folder with gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip "
                              "(default: ROOT/cityscapes_zips)")
-    parser.add_argument("--cityscapes-resample", choices=("bicubic", "nearest"), default="bicubic",
-                        help="filter for the 256x256 resize of labels and photos; the official script uses "
-                             "Pillow's default: bicubic since Pillow 7, nearest in the Pillow 6.1 CUT pinned")
+    parser.add_argument("--cityscapes-resample", choices=tuple(RESAMPLE_FILTERS), default=CITYSCAPES_DEFAULT_RESAMPLE,
+                        help="filter for the 256x256 resize of labels and photos (default: nearest, the official "
+                             "script's: Pillow's default in the Pillow 6.1.0 CUT pins; bicubic since Pillow 7)")
     parser.add_argument("--keep-archives", action="store_true",
                         help="keep downloaded archives after a successful preparation (default: delete)")
     parser.add_argument("--list", action="store_true", help="list the datasets, their sources and status")

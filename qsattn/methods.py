@@ -5,37 +5,12 @@ sampler (`qs_mode`). Ablations are further presets; any key can still be overrid
 """
 from __future__ import annotations
 
-from baselines.cut import PRESET as CUT
-from baselines.fastcut import PRESET as FASTCUT
+# The `methods` subcommand; the presets themselves are plain data in qsattn/presets.py.
 
-# QS-Attn (Hu et al., CVPR 2022): CUT's objective and schedule, query-selected sampling on the last
-# two NCE layers (official models/qs_model.py, --QS_mode global | local | local_global).
-_QS = dict(CUT, qs_selection="entropy", qs_layers=(3, 4))
+from qsattn.config import describe_keys, markdown_reference, preset, resolve
+from qsattn.presets import METHODS
 
-METHODS: dict[str, dict] = {
-    "cut": dict(CUT),
-    "fastcut": dict(FASTCUT),
-    "qsattn-global": dict(_QS, qs_mode="global"),
-    "qsattn-local": dict(_QS, qs_mode="local"),
-    "qsattn-global-local": dict(_QS, qs_mode="global+local"),
-    # Ablations (paper Sec. 4.3): random instead of entropy-based query selection, routing kept.
-    "qsattn-global-random": dict(_QS, qs_mode="global", qs_selection="random"),
-    "qsattn-local-random": dict(_QS, qs_mode="local", qs_selection="random"),
-    # The official local mode scrambles its window (see README, "Deviations"); this is the fix.
-    "qsattn-local-corrected": dict(_QS, qs_mode="local", local_layout="corrected"),
-    "qsattn-global-local-corrected": dict(_QS, qs_mode="global+local", local_layout="corrected"),
-}
-
-
-def preset(method: str) -> dict:
-    if method not in METHODS:
-        from qsattn.config import ConfigError
-        import difflib
-
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown method '{method}'.{hint} Valid methods: {', '.join(METHODS)}")
-    return dict(METHODS[method])
+__all__ = ["METHODS", "preset", "add_arguments", "run"]
 
 
 def add_arguments(parser) -> None:
@@ -46,8 +21,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from qsattn.config import describe_keys, markdown_reference, resolve
-
     if args.markdown:
         print(markdown_reference(), end="")
         return 0

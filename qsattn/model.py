@@ -133,9 +133,11 @@ def nce_loss(G, F, src, tgt, cfg, patch_ids=None, flipped: bool = False, feat_k=
         feat_k = G.encode(src, cfg.nce_layers)
     pool_k, ids, attns = F(feat_k, patch_ids=patch_ids)
     pool_q, _, _ = F(feat_q, patch_ids=ids, attn_mats=attns)
-    per_layer = [patch_nce_loss(q, k, cfg.nce_T, cfg.batch_size).mean() * cfg.lambda_NCE
+    # official order (qs_model.py / cut_model.py calculate_NCE_loss): weight each patch, then the mean,
+    # then 0.0 + layer 0 + layer 1 + ..., divided by the number of layers
+    per_layer = [(patch_nce_loss(q, k, cfg.nce_T, cfg.batch_size) * cfg.lambda_NCE).mean()
                  for q, k in zip(pool_q, pool_k)]
-    return sum(per_layer) / len(per_layer), per_layer, ids, attns
+    return sum(per_layer, 0.0) / len(per_layer), per_layer, ids, attns
 
 
 def reuses_keys(state: TrainState, real_A, flipped: bool = False) -> bool:

@@ -92,11 +92,27 @@ def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
     from qsattn.train import Run, train
 
     run = Run(cfg)
-    result_file = run.dir / "metrics.json"
+    result_file = run.metrics
     if result_file.exists() and run.done.exists():
         return json.loads(result_file.read_text())
     train(cfg, progress)
     return evaluate_run(cfg, progress, **eval_options)
+
+
+def log_qualitative(cfg: Config, run, tracker, checkpoints: list[str]) -> None:
+    """The qualitative grid of each scored checkpoint (translations/<name>/): the artifact
+    qualitative/<name>.png, and the run's images qualitative_last and qualitative_epoch (step: epoch)."""
+    from qsattn import qualitative
+
+    src, _ = test_split(cfg)
+    for name in checkpoints:
+        path = qualitative.grid(src, run.dir / "translations" / name, run.dir / "qualitative" / f"{name}.png",
+                                cfg.method)
+        tracker.log_artifact(path, "qualitative")  # the run page's Artifacts tab shows qualitative/<name>.png
+        if name == "last":
+            tracker.log_image(path, "qualitative_last", 0)
+        else:
+            tracker.log_image(path, "qualitative_epoch", int(name.split("_")[1]))
 
 
 def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
@@ -109,7 +125,7 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
     from qsattn.train import Run, pick_device
 
     run = Run(cfg)
-    result_file = run.dir / "metrics.json"
+    result_file = run.metrics
     if not run.latest.exists():
         raise FileNotFoundError(f"{run.latest} does not exist: train the run first (python -m qsattn train ...)")
     with locked(run.dir):
@@ -120,7 +136,7 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
         metrics = {f"{k}_last": v for k, v in numbers(last["metrics"]).items()}
         metrics["final_epoch"] = last_epoch
         history = {last_epoch: last["metrics"]}
-        kept = sorted((run.dir / "checkpoints").glob("epoch_*.pt")) if cfg.eval_checkpoints == "all" else []
+        kept = sorted(run.checkpoints.glob("epoch_*.pt")) if cfg.eval_checkpoints == "all" else []
         if kept:
             for ckpt in kept:
                 epoch = int(ckpt.stem.split("_")[1])
@@ -140,6 +156,8 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
         tracker.log_metrics(metrics, step=0)
         for epoch, m in sorted(history.items()):
             tracker.log_metrics({f"checkpoint_{k}": v for k, v in numbers(m).items()}, step=epoch)
+        log_qualitative(cfg, run, tracker, ["last"] + [f"epoch_{e:04d}" for e in sorted(history) if e != last_epoch])
+        tracker.add_view_metrics()  # the experiment's comparison view gets these metrics as columns
         tracker.set_tags({f"protocol.{name}.{k}": v for name, p in protocol.items() for k, v in p.items()})
         atomic_write_text(result_file, json.dumps(result, indent=2, default=str))
         tracker.log_artifact(result_file)

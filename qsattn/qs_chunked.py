@@ -7,7 +7,8 @@ N rows. Here:
 - Selection needs no gradient (it yields indices), so the row entropies are computed under
   `no_grad`, a chunk of rows at a time: memory O(chunk·HW) (global) or O(chunk·k²·C) (local).
 - Only the N selected rows are then recomputed with autograd for routing: O(N·HW) (global) or
-  O(N·k²·C) (local), forward and backward.
+  O(N·k²·C) (local), forward and backward. The forward values are the naive ones bitwise on CPU
+  (tested); the gradients sum the same terms in another order, so they are equal to rounding.
 
 Selection must pick exactly the naive indices. With the official init the raw features have huge
 norms, attention rows are nearly one-hot, and the entropies near the top-N cut-off are ~1e-24 and
@@ -26,7 +27,7 @@ entropies are within rounding of each other.
 Local windows: the entropies unfold one band of image rows at a time (`F.unfold` of the zero-padded
 rows the band needs), and the N selected windows are gathered from the padded map by index; both are
 copies, so they equal the naive `F.unfold` columns bitwise, for either `local_layout`. The k² logits
-are the naive matmul on them. (k² shifted dot products, Σ_c f·shift(f), would avoid even the band's
+and their softmax are the naive (official) bmm and softmax(dim=1) on them, which are row-wise (tested). (k² shifted dot products, Σ_c f·shift(f), would avoid even the band's
 copy, but sum in another order, and that changes which near-tied rows are selected.)
 """
 from __future__ import annotations
@@ -60,8 +61,13 @@ def global_entropy(f: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 def global_rows(f: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The rows `ids` (B, N) of softmax(f fᵀ), (B, N, HW), with autograd through f: O(N·HW)."""
-    return torch.bmm(_gather_rows(f, ids), f.transpose(1, 2)).softmax(dim=2)
+    """The rows `ids` (B, N) of softmax(f fᵀ), (B, N, HW), with autograd through f: O(N·HW).
+
+    Fewer than MIN_ROWS rows are padded with copies of the first one for the GEMM (see module doc:
+    short GEMMs round differently), so the rows are the naive ones bit for bit."""
+    n, pad = ids.shape[1], max(0, min(MIN_ROWS, f.shape[1]) - ids.shape[1])
+    rows = torch.cat([ids, ids[:, :1].expand(-1, pad)], dim=1) if pad else ids
+    return torch.bmm(_gather_rows(f, rows), f.transpose(1, 2)).softmax(dim=2)[:, :n]
 
 
 def global_select(f: torch.Tensor, n: int, selection: str = "entropy", chunk: int = 1024):
@@ -111,12 +117,16 @@ def _keys(cols: torch.Tensor, window: int, layout: str) -> torch.Tensor:
     raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
 
 
-def _local_logits(feat, ids, window, layout):
-    """Local logits (B, N, k²) of the positions ids (B, N), with the naive matmul and operand strides."""
-    flat = feat.flatten(2)                                               # (B, C, HW)
-    f = torch.gather(flat, 2, ids[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
-    keys = _keys(unfold_columns(feat, ids, window), window, layout)
-    return torch.matmul(keys, f.unsqueeze(-1)).squeeze(-1)
+def _local_softmax(keys: torch.Tensor, f: torch.Tensor, naive_rows: int) -> torch.Tensor:
+    """keys (B, P, k², C), f (B, P, C) -> the local attention (B, P, k²) with the official op sequence
+    (`sampler.local_attention`): bmm on (B·P, k², C) by (B·P, C, 1), softmax over dim 1. A bmm of one
+    product takes another BLAS path (mm) than the same product in a longer batch, so a single row
+    is padded to two unless the naive bmm (of `naive_rows` = B·HW products) has one row too."""
+    B, P, kk, C = keys.shape
+    keys, q = keys.flatten(0, 1), f.reshape(B * P, C, 1)
+    if B * P == 1 < naive_rows:
+        keys, q = keys.expand(2, -1, -1), q.expand(2, -1, -1)
+    return torch.bmm(keys, q)[: B * P].softmax(dim=1).reshape(B, P, kk)
 
 
 @torch.no_grad()
@@ -132,14 +142,15 @@ def local_entropy(feat: torch.Tensor, window: int, layout: str, chunk: int) -> t
     for band in row_chunks(H, rows_per_band, min_rows=1):                           # >= rows_per_band rows each
         cols = F.unfold(padded[:, :, band.start:band.stop + 2 * r], window)  # (B, C·k², rows·W)
         f = feat[:, :, band].flatten(2).transpose(1, 2)                  # (B, rows·W, C)
-        logits = torch.matmul(_keys(cols, window, layout), f.unsqueeze(-1)).squeeze(-1)
-        out.append(row_entropy(logits.softmax(dim=2)))
+        out.append(row_entropy(_local_softmax(_keys(cols, window, layout), f, B * H * W)))
     return torch.cat(out, dim=1)
 
 
 def local_rows(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
     """Local attention rows of the positions `ids` (B, N), (B, N, k²), with autograd: O(N·k²·C)."""
-    return _local_logits(feat, ids, window, layout).softmax(dim=2)
+    flat = feat.flatten(2)                                               # (B, C, HW)
+    f = torch.gather(flat, 2, ids[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
+    return _local_softmax(_keys(unfold_columns(feat, ids, window), window, layout), f, f.shape[0] * flat.shape[2])
 
 
 def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection: str = "entropy",
@@ -152,7 +163,8 @@ def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection
     return ids, local_rows(feat, ids, window, layout)
 
 
-def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str,
+                 num_patches: int | None = None) -> torch.Tensor:
     """Same as `sampler.local_values` (the official layout's patch/channel transpose included)."""
     B, C = feat.shape[:2]
     n, kk = ids.shape[1], window * window
@@ -161,4 +173,5 @@ def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str
         return _keys(cols, window, layout)
     picked = cols.transpose(1, 2).contiguous()                           # (B, n, C·k²), as naive gathers it
     # the naive op sequence, so that the values also have the naive strides (and matmul rounding)
-    return picked.permute(0, 2, 1).flatten(0, 1).view(B * n, kk, C).view(B, n, kk, C)
+    num_patches = n if num_patches is None else num_patches
+    return picked.permute(0, 2, 1).flatten(0, 1).view(B * num_patches, kk, C).view(B, num_patches, kk, C)

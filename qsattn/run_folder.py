@@ -7,14 +7,23 @@
         metrics.json           evaluation results and their protocol
         mlflow_run_id          the MLflow run every attempt of this run logs to
         progress.json          step, total steps, s/step of the training, rewritten at each log step
+        tracking.jsonl         every MLflow record of the run, in order (qsattn/tracking.py sends it)
+        tracking.json          how far tracking.jsonl is sent, and whether the store answered
+        sweep/<kind>.json      the sweep job's records (submitted, started, finished, failed, preempted)
+        sweep/log.txt          a packed cell's stdout and stderr, every attempt appended
         .lock                  held (flock) by the one process training this folder
+
+It also owns the stop request to the training loop (`request_stop`, `Stopped`), which the launcher's
+signal handlers use without importing the engine (or torch).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -33,10 +42,51 @@ class RunFolder:
         self.metrics = self.dir / "metrics.json"
         self.mlflow_run_id = self.dir / "mlflow_run_id"
         self.progress = self.dir / "progress.json"
+        self.tracking_journal = self.dir / "tracking.jsonl"
+        self.tracking_state = self.dir / "tracking.json"
+        self.sweep = self.dir / "sweep"
+        self.sweep_log = self.sweep / "log.txt"
         self.lock = self.dir / ".lock"
 
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:04d}.pt"
+
+    def record(self, kind: str) -> Path:
+        """A sweep job's record of `kind` (one of RECORDS; slurm/job.py writes them)."""
+        return self.sweep / f"{kind}.json"
+
+
+RECORDS = ("submitted", "started", "finished", "failed", "preempted")
+
+
+def read_records(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """The sweep job's records of the folder that exist and parse: kind -> its fields."""
+    out = {}
+    for kind in RECORDS:
+        try:
+            out[kind] = json.loads(RunFolder(run_dir).record(kind).read_text())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+# Set (by `request_stop`, from a preemption signal handler) to make the training loop save at its next
+# step boundary and raise `Stopped`: a preempted job then loses no step. `RUNNING` is set while a loop
+# runs in this process, so that a handler knows whether one will see the request.
+STOP = threading.Event()
+RUNNING = threading.Event()
+
+
+class Stopped(Exception):
+    """Training stopped on request after saving its checkpoint; run again to resume."""
+
+
+def request_stop() -> bool:
+    """Ask this process's training loop to save and stop; False (nothing asked) when no loop runs."""
+    if not RUNNING.is_set():
+        return False
+    STOP.set()
+    return True
 
 
 class RunBusy(UserError, RuntimeError):

@@ -18,8 +18,12 @@ Modes (official models/networks_{global,local,local_global}.py, `PatchSampleF.fo
 (B, C·k², L) output as (B, L, k², C) although the channel is the outer index, so its "neighbours" are
 mixtures of channels and offsets (`official`, kept bit for bit for reproducing the paper); `corrected`
 uses the true windows, whose centre is the position's own feature. In local mode the official code
-also gathers the values with a `view` that transposes patches and channels and only works when
-num_patches equals the channel count; `official` keeps that too (and fails the same way).
+also gathers the values with a `view` that, at batch 1, transposes patches and channels and only works
+when num_patches equals the channel count; `official` keeps that too (and fails the same way).
+
+Wherever a result feeds a discrete choice (the entropy sort) or the official `view`, the same ops run
+on the same shapes as in the official code, so that the selection is the official one bit for bit on
+any one machine (docs/faithfulness.md has the table, step by step).
 """
 from __future__ import annotations
 
@@ -88,10 +92,17 @@ def local_windows(feat: torch.Tensor, window: int, layout: str) -> torch.Tensor:
 
 
 def local_attention(feat: torch.Tensor, window: int, layout: str) -> torch.Tensor:
-    """Softmax over each position's k² window of dot products with its own feature: (B, HW, k²)."""
-    f = feat.flatten(2).transpose(1, 2)  # (B, HW, C)
-    keys = local_windows(feat, window, layout)
-    return torch.matmul(keys, f.unsqueeze(-1)).squeeze(-1).softmax(dim=2)
+    """Softmax over each position's k² window of dot products with its own feature: (B, HW, k²).
+
+    The official op sequence (networks_local.py:573-577): bmm of (B·L, k², C) by (B·L, C, 1), softmax
+    over dim 1 of the (B·L, k², 1) result. A softmax over the last axis of (B, L, k²) rounds other
+    than that (up to 2.4e-7), and at the official init the entropy gaps near the top-N cut-off are
+    smaller, so it reorders the selected indices."""
+    B, C = feat.shape[:2]
+    f = feat.flatten(2).transpose(1, 2)  # (B, HW, C), the official feat_reshape's strides
+    L = f.shape[1]
+    dots = torch.bmm(local_windows(feat, window, layout).flatten(0, 1), f.reshape(B * L, C, 1))
+    return dots.softmax(dim=1).reshape(B, L, -1)
 
 
 def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection: str = "entropy"):
@@ -101,17 +112,28 @@ def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection
     return ids, _gather_rows(attn, ids)
 
 
-def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
-    """The values the selected rows are applied to, (B, n, k², C)."""
+def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str,
+                 num_patches: int | None = None) -> torch.Tensor:
+    """The values the selected rows are applied to, (B, num_patches, k², C).
+
+    Official (networks_local.py:585-586): gather (B, n, C·k²), then reinterpret the memory with
+    `view(B·num_patches, k², C)` (num_patches: the option, default n). That needs n == num_patches;
+    at batch 1 `flatten` does not copy, and the view then also needs n == C, where value [i, j, c]
+    is channel i of the selected patch c; at batch > 1 it reads a contiguous copy in memory order."""
     B, C = feat.shape[:2]
     n, kk = ids.shape[1], window * window
     if layout == "corrected":
         return _gather_rows(local_windows(feat, window, layout), ids)
-    # Official: gather (B, n, C·k²), then reinterpret the memory as (B·n, k², C). This `view` only
-    # succeeds when n == C, and then value [i, j, c] is channel i of the selected patches (see module doc).
+    num_patches = n if num_patches is None else num_patches
     unfolded = F.unfold(feat, kernel_size=window, padding=window // 2)
     picked = unfolded[torch.arange(B, device=feat.device)[:, None], :, ids]  # (B, n, C·k²)
-    return picked.permute(0, 2, 1).flatten(0, 1).view(B * n, kk, C).view(B, n, kk, C)
+    return picked.permute(0, 2, 1).flatten(0, 1).view(B * num_patches, kk, C).view(B, num_patches, kk, C)
+
+
+def route_local(attn: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """attn (B, n, k²), values (B, n, k², C) -> (B·n, C): the official bmm of (B·n, 1, k²) by
+    (B·n, k², C) (networks_local.py:584, 587)."""
+    return torch.bmm(attn.flatten(0, 1).unsqueeze(1), values.flatten(0, 1)).flatten(0, 1)
 
 
 class PatchSampleF(nn.Module):
@@ -182,11 +204,8 @@ class PatchSampleF(nn.Module):
                 ids, attn_local = local_select(feat, n, self.window, self.local_layout, self.selection)
                 attn = attn_local if mode == "local" else _gather_rows(global_attention(f), ids)
         if mode == "local":
-            values = local_values(feat, ids, self.window, self.local_layout)  # (B, n, k², C)
-            x = torch.matmul(attn.unsqueeze(2), values).squeeze(2)            # (B, n, C)
-        else:
-            x = torch.bmm(attn, f)                                            # (B, n, C)
-        return x.flatten(0, 1), ids, attn
+            return route_local(attn, local_values(feat, ids, self.window, self.local_layout, n)), ids, attn
+        return torch.bmm(attn, f).flatten(0, 1), ids, attn
 
     def _query_selected_chunked(self, feat, f, ids, attn):
         from qsattn import qs_chunked as qc
@@ -199,10 +218,8 @@ class PatchSampleF(nn.Module):
                 ids, attn_local = qc.local_select(feat, n, k, layout, self.selection, self.chunk)
                 attn = attn_local if mode == "local" else qc.global_rows(f, ids)
         if mode == "local":
-            x = torch.matmul(attn.unsqueeze(2), qc.local_values(feat, ids, k, layout)).squeeze(2)
-        else:
-            x = torch.bmm(attn, f)
-        return x.flatten(0, 1), ids, attn
+            return route_local(attn, qc.local_values(feat, ids, k, layout, n)), ids, attn
+        return torch.bmm(attn, f).flatten(0, 1), ids, attn
 
 
 def build_sampler(cfg) -> PatchSampleF:

@@ -10,6 +10,9 @@ InstanceNorm, so G(x + c) = G(x) for any per-channel constant c (tests/test_synt
 With a random background colour per image (version 1) the background, 80 % of the pixels, could not be
 kept by any trained generator, and no model beat the identity mapping on the score below. Shapes sit
 anywhere in the middle half of the image, so that one fixed striped image is a poor answer for all.
+Two options make the task easier to learn in few steps (docs/demo.md says which the demo uses and
+why): `texture`, a smooth random luminance field over every image's background (and over A's shape),
+so that no two places look alike; `hint`, A's shape carrying its own B stripes faintly.
 Test images come in pairs: each `testA` image has its striped version in `testA_gt` and its shape
 mask in `testA_mask` (same file stem), so a translation can be scored against ground truth
 (`score_translation`); `testB` holds other striped scenes, the real B domain for FID-like scores.
@@ -19,6 +22,8 @@ same bytes and changing a count does not change the other images. `meta.json` re
 generating again with the same settings does nothing.
 
     python -m qsattn synthetic --out datasets/synthetic [--size 64] [--n-train 200] [--n-test 50] [--seed 0]
+                               [--texture 0] [--hint 0]
+    python -m qsattn synthetic --out datasets/synthetic --demo    # the demo's dataset (DEMO_DATASET)
     python -m qsattn synthetic --out datasets/synthetic --score runs/NAME/translated
 """
 from __future__ import annotations
@@ -42,6 +47,8 @@ _BACKGROUND, _BACKGROUND_JITTER = (110, 130, 100), 12  # background colour of ev
 _MIN_COLOUR_GAP = 0.25            # mean |shape - background| per channel, in [0, 1]
 _SHAPE_THRESHOLD = 0.1            # a pixel counts as "not background" beyond this mean channel error
 _BACKGROUND_TOLERANCE = 0.25      # background L1 at which the background counts as destroyed
+# The dataset of experiments/demo.yaml (`make demo`, `synthetic --demo`; docs/demo.md says why these values).
+DEMO_DATASET = {"size": 32, "texture": 0.0, "hint": 0.0}
 
 
 # --- drawing -------------------------------------------------------------------------------------------
@@ -80,20 +87,39 @@ def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.repeat(np.where(dark, _BLACK, _WHITE).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def _scene(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
-    """One scene and both renderings: flat (domain A) and striped (domain B) share background and mask."""
+def _texture(rng: np.random.Generator, size: int, cells: int = 6) -> np.ndarray:
+    """A smooth random field (size, size), unit-normal values on a (cells+1)^2 grid, bilinear in between."""
+    grid = rng.normal(size=(cells + 1, cells + 1))
+    t = (np.arange(size) + 0.5) * cells / size
+    i = np.minimum(t.astype(int), cells - 1)
+    f = t - i
+    rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]
+    return rows[:, i] * (1 - f) + rows[:, i + 1] * f
+
+
+def _scene(rng: np.random.Generator, size: int, hint: float = 0.0, texture: float = 0.0) -> dict[str, np.ndarray]:
+    """One scene and both renderings: flat (domain A) and striped (domain B) share background and mask.
+    With hint > 0 the A shape carries its B stripes faintly: its colour +- hint x half the stripe contrast.
+    With texture > 0 a smooth random luminance field (standard deviation `texture` grey levels) lies
+    over the A image and the B background, so that every place of every image looks different."""
     background = np.array(_BACKGROUND) + rng.integers(-_BACKGROUND_JITTER, _BACKGROUND_JITTER + 1, size=3)
     while True:  # a flat colour clearly different from the background
         colour = rng.integers(0, 256, size=3)
         if np.abs(colour - background).mean() / 255 >= _MIN_COLOUR_GAP:
             break
     mask = _shape_mask(rng, size)
-    flat = np.empty((size, size, 3), np.uint8)
+    stripes = _stripes(rng, size)
+    field = texture * _texture(rng, size)[..., None] if texture else np.zeros((size, size, 1))
+    flat = np.empty((size, size, 3))
     flat[:] = background
-    striped = flat.copy()
-    flat[mask] = colour
-    striped[mask] = _stripes(rng, size)[mask]
-    return {"flat": flat, "striped": striped, "mask": mask}
+    flat[mask] = colour + hint * (stripes[mask].astype(float) - (_BLACK + _WHITE) / 2)
+    striped = np.where(mask[..., None], stripes, background + field)
+    flat += field
+
+    def as_image(x):
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+    return {"flat": as_image(flat), "striped": as_image(striped), "mask": mask}
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -102,12 +128,14 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 # --- writing -------------------------------------------------------------------------------------------
 
-def _meta(size: int, n_train: int, n_test: int, seed: int) -> dict:
-    return {"dataset": "qsattn-synthetic", "version": VERSION, "seed": seed, "size": size,
+def _meta(size: int, n_train: int, n_test: int, seed: int, hint: float, texture: float) -> dict:
+    return {"dataset": "qsattn-synthetic", "version": VERSION, "seed": seed, "size": size, "hint": hint,
+            "texture": texture,
             "counts": {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}}
 
 
-def generate(out: str | os.PathLike, *, size: int = 64, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
+def generate(out: str | os.PathLike, *, size: int = 64, n_train: int = 200, n_test: int = 50, seed: int = 0,
+             hint: float = 0.0, texture: float = 0.0) -> Path:
     """Write the dataset under `out` (idempotent) and return its path.
 
     Written to a temporary sibling folder and renamed into place, so an interrupted run leaves no
@@ -119,7 +147,11 @@ def generate(out: str | os.PathLike, *, size: int = 64, n_train: int = 200, n_te
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train and n_test must be at least 1, got {n_train} and {n_test}")
     out = Path(out)
-    meta = _meta(size, n_train, n_test, seed)
+    if not 0 <= hint <= 1:
+        raise ValueError(f"hint must be between 0 and 1, got {hint}")
+    if not 0 <= texture <= 64:
+        raise ValueError(f"texture must be between 0 and 64 grey levels, got {texture}")
+    meta = _meta(size, n_train, n_test, seed, hint, texture)
     meta_path = out / "meta.json"
     if meta_path.exists():
         try:
@@ -139,14 +171,14 @@ def generate(out: str | os.PathLike, *, size: int = 64, n_train: int = 200, n_te
             (tmp / name).mkdir()
         for split in ("trainA", "trainB"):
             for i in range(n_train):
-                scene = _scene(_rng(seed, split, i), size)
+                scene = _scene(_rng(seed, split, i), size, hint, texture)
                 _save(scene["flat" if split == "trainA" else "striped"], tmp / split / f"{i:06d}.png")
         for i in range(n_test):
-            scene = _scene(_rng(seed, "testA", i), size)
+            scene = _scene(_rng(seed, "testA", i), size, hint, texture)
             _save(scene["flat"], tmp / "testA" / f"{i:06d}.png")
             _save(scene["striped"], tmp / "testA_gt" / f"{i:06d}.png")
             _save(scene["mask"].astype(np.uint8) * 255, tmp / "testA_mask" / f"{i:06d}.png")
-            _save(_scene(_rng(seed, "testB", i), size)["striped"], tmp / "testB" / f"{i:06d}.png")
+            _save(_scene(_rng(seed, "testB", i), size, hint, texture)["striped"], tmp / "testB" / f"{i:06d}.png")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -247,16 +279,55 @@ def score_translation(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) 
         shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
         raise FileNotFoundError(f"{pred_dir} has no prediction for {len(missing)} of {len(sources)} test images: "
                                 f"{shown}. Translate the whole testA split (one PNG per image, same file stem).")
+    return _score_all(data_dir, sources, lambda src, size: _read(preds[src.stem], size))
+
+
+def shuffled_score(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) -> dict[str, float]:
+    """The control for an input-dependent translation: each prediction scored against the next test image
+    (cyclically) instead of its own. A generator that ignores its input (the same striped blob for every
+    image) scores the same here as in `score_translation`; one that follows the input scores lower."""
+    pred_dir, data_dir = Path(pred_dir), Path(data_dir)
+    from qsattn.data import is_image_file
+
+    sources = sorted(p for p in (data_dir / "testA").iterdir() if is_image_file(p.name))
+    score_translation(pred_dir, data_dir)  # the same checks of the folders and the predictions
+    preds = {p.stem: p for p in sorted(pred_dir.iterdir(), key=lambda p: p.suffix.lower() != ".png")
+             if is_image_file(p.name)}
+    following = {src.stem: sources[(i + 1) % len(sources)].stem for i, src in enumerate(sources)}
+    return _score_all(data_dir, sources, lambda src, size: _read(preds[following[src.stem]], size))
+
+
+def _score_all(data_dir: Path, sources: list[Path], predict) -> dict[str, float]:
+    """Mean scores over `sources` (testA images); predict(source_path, (w, h)) -> float RGB array."""
     rows = []
     for src in sources:
         source = _read(src)
         size = (source.shape[1], source.shape[0])
         gt = _read(data_dir / "testA_gt" / f"{src.stem}.png")
         mask = _read(data_dir / "testA_mask" / f"{src.stem}.png")[..., 0] > 0.5
-        rows.append(_score_one(_read(preds[src.stem], size), source, gt, mask))
+        rows.append(_score_one(predict(src, size), source, gt, mask))
     result = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     result["n_images"] = len(rows)
     return result
+
+
+FIXED_STRIPED = "trainB/000000.png"  # the fixed striped answer of `reference_scores`
+
+
+def reference_scores(data_dir: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """The two scores a trained model must beat to show an input-dependent translation:
+    - identity: the output is the input (keeps shape and background, paints nothing);
+    - fixed_striped: one striped scene (the first training B image) as the answer to every input
+      (stripes and the right background, but the shape in the wrong place), what a generator that
+      ignores its input could at best learn from the B domain.
+    """
+    data_dir = Path(data_dir)
+    from qsattn.data import is_image_file
+
+    sources = sorted(p for p in (data_dir / "testA").iterdir() if is_image_file(p.name))
+    fixed = data_dir / FIXED_STRIPED
+    return {"identity": _score_all(data_dir, sources, lambda src, size: _read(src, size)),
+            "fixed_striped": _score_all(data_dir, sources, lambda src, size: _read(fixed, size))}
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -268,6 +339,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-test", type=int, default=50,
                         help="images in testA (with ground truth) and in testB (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes (default 0)")
+    parser.add_argument("--texture", type=float, default=0.0,
+                        help="standard deviation in grey levels of a smooth random field over the background "
+                             "(and A's shape), 0 to 64 (default 0: plain)")
+    parser.add_argument("--hint", type=float, default=0.0,
+                        help="contrast of the faint stripes in domain A's shapes, 0 to 1 (default 0: flat shapes)")
+    parser.add_argument("--demo", action="store_true",
+                        help="the demo's dataset (experiments/demo.yaml): "
+                             + " ".join(f"--{k} {v:g}" for k, v in DEMO_DATASET.items()))
     parser.add_argument("--score", metavar="PRED_DIR",
                         help="instead of generating: score translated testA images in PRED_DIR against the "
                              "ground truth in --out and print the scores as JSON")
@@ -278,10 +357,13 @@ def run(args) -> int:
         if args.score:
             print(json.dumps(score_translation(args.score, args.out), indent=2))
             return 0
-        out = generate(args.out, size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+        if args.demo:
+            vars(args).update(DEMO_DATASET)
+        out = generate(args.out, size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                       hint=args.hint, texture=args.texture)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"synthetic dataset in {out}: {args.n_train} + {args.n_train} train, {args.n_test} + {args.n_test} test "
-          f"images of {args.size} px (seed {args.seed})")
+          f"images of {args.size} px (seed {args.seed}, texture {args.texture:g}, hint {args.hint:g})")
     return 0

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import random
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -24,21 +24,9 @@ from qsattn.atomic import atomic_write_text, remove_temporaries
 from qsattn.config import Config, ConfigError, load
 from qsattn.errors import UserError
 from qsattn.model import TrainState, configure_backends, create_state, end_epoch, generator_forward, train_step
-from qsattn.run_folder import RunFolder, locked
+from qsattn.run_folder import RUNNING, STOP, RunFolder, Stopped, locked, request_stop  # see run_folder.py
 
 log = logging.getLogger("qsattn.train")
-
-DONE_FILE = "DONE"
-
-# Set (e.g. from a preemption signal handler) to make the loop save at the next step boundary and raise
-# `Stopped`: a preempted job then loses no step. `RUNNING` tells a handler whether a loop will see it.
-STOP = threading.Event()
-RUNNING = threading.Event()
-
-
-class Stopped(Exception):
-    """Training stopped on request after saving its checkpoint; run again to resume."""
-
 
 class NonFinite(UserError, FloatingPointError):
     """A loss or a weight became inf or NaN: the run stops before it saves or exports anything."""
@@ -146,7 +134,7 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
     dataset = make_dataset(cfg)
     state = create_state(cfg, device)
     check_against_network(cfg, state)
-    position = 0
+    position, window = 0, None
     if run.latest.exists():
         saved = ckpt_io.load(run.latest)
         bad = ckpt_io.config_mismatches(saved["config"], cfg)
@@ -156,6 +144,7 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
         ckpt_io.restore(state, saved)
         dataset.set_rng_state(saved["data_rng"])
         position = saved["position"]
+        window = saved.get("log_window")
         log.info("resumed %s at epoch %d, step %d", run.dir, state.epoch, state.step)
 
     n_batches = len(dataset) // cfg.batch_size  # drop_last, as the official training loader
@@ -172,18 +161,19 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
     atomic_write_text(run.config, _yaml(cfg))  # only now: a refused resume leaves the run's own config
     log.info("config:\n%s", cfg.dumps())
 
-    from qsattn.tracking import git_commit, open_tracker
+    from qsattn.tracking import git_commit, grouped_params, open_tracker
 
-    tags = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "git_commit": git_commit(),
-            "run_dir": str(run.dir.absolute())}
+    tags = {"git_commit": git_commit(), "run_dir": str(run.dir.absolute())}
     tracker = open_tracker(cfg, run.dir, tags)
     if state.step == 0:
-        tracker.log_params(cfg.to_dict())
+        tracker.log_params(grouped_params(cfg))
         tracker.log_artifact(run.config)
 
     def save(pos: int, path: Path = run.latest) -> None:
         assert_finite(state, running, run)  # a NaN never replaces a good checkpoint
-        ckpt_io.atomic_save(ckpt_io.state_to_dict(state, pos, dataset.get_rng_state()), path)
+        # the loss sums since the last readout: a resumed run averages its first window over all its steps
+        extra = {"log_window": {"since": step_last, "sums": {k: v.detach().cpu() for k, v in running.items()}}}
+        ckpt_io.atomic_save(ckpt_io.state_to_dict(state, pos, dataset.get_rng_state(), extra), path)
 
     def save_epoch_checkpoint(epoch: int) -> None:
         assert_finite(state, running, run)
@@ -191,8 +181,9 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
 
     bar = _progress(progress, max_steps, state.step, run.dir.name)
     write_progress(run.dir, state.step, max_steps, None)
-    running: dict[str, torch.Tensor] = {}
-    t_last, step_last = time.time(), state.step
+    running: dict[str, torch.Tensor] = {k: v.to(device) for k, v in (window or {}).get("sums", {}).items()}
+    step_last = (window or {}).get("since", state.step)
+    t_last, timed_from = time.time(), state.step  # images_per_s: the steps this process timed
     status = "FAILED"
     RUNNING.set()
     try:
@@ -212,17 +203,17 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
                 if state.step % cfg.log_every == 0:
                     now = time.time()
                     metrics = {k: (v / (state.step - step_last)).item() for k, v in running.items()}
-                    metrics["images_per_s"] = (state.step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
+                    metrics["images_per_s"] = (state.step - timed_from) * cfg.batch_size / max(now - t_last, 1e-9)
                     metrics["lr"] = state.opt_G.param_groups[0]["lr"]
                     assert_finite(state, running, run)
-                    tracker.log_metrics(metrics, state.step)
-                    write_progress(run.dir, state.step, max_steps, (now - t_last) / (state.step - step_last))
+                    tracker.log_metrics(metrics, state.step, skip_logged=True)  # a retraced step is logged once
+                    write_progress(run.dir, state.step, max_steps, (now - t_last) / (state.step - timed_from))
                     bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("G", "NCE", "D", "images_per_s") if k in metrics})
-                    running, t_last, step_last = {}, now, state.step
+                    running, t_last, step_last, timed_from = {}, now, state.step, state.step
                 if cfg.sample_every and state.step % cfg.sample_every == 0:
                     path = run.dir / "samples" / f"step_{state.step:07d}.png"
                     sample_grid(state, real_A, real_B, path)
-                    tracker.log_artifact(path, "samples")
+                    tracker.log_image(path, "train_samples", state.step)
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                     save(position)
                 bar.update(1)
@@ -238,20 +229,17 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
         if state.step > 0:
             real_A, real_B = collate([dataset[i] for i in range(min(4, len(dataset)))])
             sample_grid(state, real_A.to(device), real_B.to(device), run.dir / "samples" / "final.png")
-            tracker.log_artifact(run.dir / "samples" / "final.png", "samples")
+            tracker.log_image(run.dir / "samples" / "final.png", "train_samples", state.step)
+        tracker.set_tags({"weights": str((run.dir / "latest_net_G.pth").absolute())})  # the final generator
         atomic_write_text(run.done, f"step {state.step}\n")
         status = "FINISHED"
     except (KeyboardInterrupt, Stopped):
-        status = "STOPPED"
+        status = "KILLED"  # stopped (SIGTERM, SIGINT, preemption): resumable from run.latest
         raise
     finally:
         RUNNING.clear()
         bar.close()
-        if status != "FINISHED":
-            # the latest checkpoint on disk is the resume point; the MLflow run stays open for it
-            tracker.set_tags({"last_status": status})
-        else:
-            tracker.finish("FINISHED")
+        tracker.finish(status)  # a resume sets it RUNNING again
     return run.dir
 
 
@@ -286,7 +274,7 @@ def epoch_checkpoint(state: TrainState, position: int, data_rng) -> dict:
 def remove_stale_temporaries(run: Run) -> None:
     """Temporary files of saves a kill interrupted (a SIGKILL cannot clean up): safe to remove, as the
     caller holds the run folder's lock, so no other process is writing these files."""
-    ours = (run.config.name, run.done.name, run.mlflow_run_id.name, run.progress.name,
+    ours = (run.config.name, run.done.name, run.mlflow_run_id.name, run.progress.name, run.tracking_state.name,
             *(f"latest_net_{n}.pth" for n in "GDF"))
     removed = remove_temporaries(run.checkpoints) + remove_temporaries(run.dir, ours)
     if removed:
@@ -376,9 +364,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
+def _on_sigterm(signum, frame) -> None:
+    """`kill PID` of a `train`: inside the loop, save at the next step and stop (Stopped); elsewhere
+    stop at once. Either way the MLflow run ends KILLED and the run resumes from its checkpoint."""
+    if not request_stop():
+        raise Stopped("terminated (SIGTERM) outside the training loop")
+
+
 def run(args) -> int:
+    import signal
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load(args.config, args.overrides)
-    run_dir = train(cfg, progress=not args.no_progress)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        run_dir = train(cfg, progress=not args.no_progress)
+    except Stopped as exc:
+        print(f"stopped: {exc}; run the same command again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(f"run folder: {run_dir}")
     return 0

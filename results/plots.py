@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from results.report import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, _method_order, _order, load_history,
-                            row_label, table_metrics)
+from results.history import load_history
+from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
+from results.references import REFERENCE_LABELS, dataset_folder, synthetic_references
 
 LOSSES = ("G", "NCE", "G_GAN", "D")  # plotted; NCE_Y (CUT only), D_real and D_fake are in MLflow
 LOSS_LABELS = {"G": "generator total", "NCE": "PatchNCE (X)", "NCE_Y": "PatchNCE (Y, identity)", "D": "discriminator",
@@ -56,7 +57,7 @@ def _with_labels(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _methods(labels) -> list[str]:
-    return _order(labels, _method_order())
+    return in_order(labels, method_order())
 
 
 def primary_metric_of(dataset: str, df: pd.DataFrame) -> str:
@@ -67,14 +68,19 @@ def _direction(metric: str) -> str:
     return "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
 
 
-def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """One panel per dataset: its primary metric per method, last vs best checkpoint, paper as a star."""
+REFERENCE_STYLES = {"identity": dict(color="#555555", ls="--"), "fixed_striped": dict(color="#8172B3", ls=":")}
+
+
+def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path, references: dict | None = None) -> dict[str, Path]:
+    """One panel per dataset: its primary metric per method, last vs best checkpoint, paper as a star;
+    a synthetic dataset's references (results.report.synthetic_references) as horizontal lines."""
+    references = references or {}
     sns = _style()
     import matplotlib.pyplot as plt
 
     rows = []
     finished = _with_labels(df[df["status"] == "finished"])
-    datasets = _order(df["dataset"], DATASET_ORDER)
+    datasets = in_order(df["dataset"], DATASET_ORDER)
     for dataset in datasets:
         metric = primary_metric_of(dataset, df)
         for which in ("last", "best"):
@@ -112,6 +118,10 @@ def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path) -> dict[str
             for label in ax.get_xticklabels():
                 label.set_ha("right")
         top = max(sub["value"].max(), ref["value"].max() if len(ref) else -np.inf)
+        for name, scores in references.get(dataset, {}).items():
+            if metric in scores:
+                ax.axhline(scores[metric], lw=1.8, zorder=3, **REFERENCE_STYLES[name])
+                top = max(top, scores[metric])
         if np.isfinite(top) and top > 0:
             ax.set_ylim(0, top * 1.1)
     from matplotlib.lines import Line2D
@@ -123,8 +133,12 @@ def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path) -> dict[str
     if has_paper:
         handles.append(Line2D([], [], marker="*", ls="--", color="#C44E52", markeredgecolor="black", markersize=15,
                               label="paper (same FID mode)"))
+    shown = {name for refs in references.values() for name in refs}
+    handles += [Line2D([], [], lw=1.8, label=REFERENCE_LABELS[n], **REFERENCE_STYLES[n]) for n in REFERENCE_STYLES
+                if n in shown]
     fig.tight_layout()
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3),
+               frameon=False)
     return _save(fig, out, "primary_metric")
 
 
@@ -137,7 +151,7 @@ def loss_curves(history: pd.DataFrame, out: Path) -> dict[str, Path]:
     losses = [k for k in LOSSES if k in set(data["metric"])]
     data = data[data["metric"].isin(losses)].copy()
     data["loss"] = data["metric"].map(lambda k: f"{k}: {LOSS_LABELS.get(k, k)}")
-    datasets = _order(data["dataset"], DATASET_ORDER)
+    datasets = in_order(data["dataset"], DATASET_ORDER)
     g = sns.relplot(data, x="step", y="value", hue="label", hue_order=_methods(data["label"]), kind="line",
                     row="dataset", row_order=datasets, col="loss",
                     col_order=[f"{k}: {LOSS_LABELS.get(k, k)}" for k in losses], errorbar="sd",
@@ -161,7 +175,7 @@ def checkpoint_curves(df: pd.DataFrame, history: pd.DataFrame, out: Path) -> dic
     if history.empty:
         return {}
     data = _with_labels(history)
-    datasets = [d for d in _order(data["dataset"], DATASET_ORDER)
+    datasets = [d for d in in_order(data["dataset"], DATASET_ORDER)
                 if f"checkpoint_{primary_metric_of(d, df)}" in set(data.loc[data["dataset"] == d, "metric"])]
     if not datasets:
         return {}
@@ -208,18 +222,27 @@ def checkpoint_curves(df: pd.DataFrame, history: pd.DataFrame, out: Path) -> dic
 def _test_inputs(run_params: dict, data_root: str | None) -> Path | None:
     import yaml
 
-    cfg_file = Path(run_params["run_dir"]) / "config.yaml"
-    try:
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
-    except (OSError, ValueError):
+    folder = dataset_folder(run_params["run_dir"], run_params["dataset"], data_root)
+    if folder is None:
         return None
-    root = Path(data_root or cfg.get("data_root", "datasets")) / cfg.get("dataset", run_params["dataset"])
-    return root / ("testA" if cfg.get("direction", "AtoB") == "AtoB" else "testB")
+    try:
+        cfg = yaml.safe_load((Path(run_params["run_dir"]) / "config.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        cfg = {}
+    return folder / ("testA" if cfg.get("direction", "AtoB") == "AtoB" else "testB")
+
+
+def _images(folder: Path | None, stems) -> dict[str, Path]:
+    """stem -> image file in `folder`, for the wanted stems ({} if the folder does not exist)."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.stem: p for p in folder.iterdir() if p.stem in stems and p.suffix.lower() in (".png", ".jpg", ".jpeg")}
 
 
 def qualitative_grid(df: pd.DataFrame, out: Path, data_root: str | None = None, n_images: int = 4) -> dict[str, Path]:
-    """Per dataset: rows = the first test inputs that every method translated, columns = input, methods.
-    Uses each method's lowest finished seed and its last checkpoint's translations."""
+    """Per dataset: rows = the first test inputs that every method translated, columns = input, ground truth
+    (where the dataset has one, e.g. the synthetic set's testA_gt), methods. Uses each method's lowest
+    finished seed and its last checkpoint's translations."""
     _style()
     import matplotlib.pyplot as plt
     from PIL import Image
@@ -227,7 +250,7 @@ def qualitative_grid(df: pd.DataFrame, out: Path, data_root: str | None = None, 
     paths: dict[str, Path] = {}
     runs = _with_labels(df[df["status"] == "finished"].drop_duplicates("run_id"))
     runs = runs[runs["run_dir"].astype(bool)]
-    for dataset in _order(runs["dataset"], DATASET_ORDER):
+    for dataset in in_order(runs["dataset"], DATASET_ORDER):
         chosen = {}
         for label in _methods(runs.loc[runs["dataset"] == dataset, "label"]):
             cand = runs[(runs["dataset"] == dataset) & (runs["label"] == label)].sort_values("seed", key=lambda s: s.astype(str))
@@ -244,18 +267,15 @@ def qualitative_grid(df: pd.DataFrame, out: Path, data_root: str | None = None, 
             continue
         first = next(iter(chosen.values()))[0]
         src = _test_inputs(first._asdict(), data_root)
-        inputs = {}
-        if src is not None and src.is_dir():
-            for p in src.iterdir():
-                if p.stem in stems and p.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                    inputs[p.stem] = p
-        columns = (["input"] if inputs else []) + list(chosen)
+        fixed = {"input": _images(src, stems), "ground truth": _images(src and src.parent / f"{src.name}_gt", stems)}
+        fixed = {col: images for col, images in fixed.items() if images}
+        columns = list(fixed) + list(chosen)
         fig, axes = plt.subplots(len(stems), len(columns), figsize=(2.3 * len(columns), 2.3 * len(stems) + 0.6),
                                  squeeze=False)
         for i, stem in enumerate(stems):
             for j, col in enumerate(columns):
                 ax = axes[i][j]
-                path = inputs.get(stem) if col == "input" else chosen[col][1] / f"{stem}.png"
+                path = fixed[col].get(stem) if col in fixed else chosen[col][1] / f"{stem}.png"
                 if path is not None and Path(path).exists():
                     ax.imshow(np.asarray(Image.open(path).convert("RGB")), interpolation="nearest")
                 ax.set_xticks([])
@@ -263,10 +283,10 @@ def qualitative_grid(df: pd.DataFrame, out: Path, data_root: str | None = None, 
                 for side in ax.spines.values():
                     side.set_visible(False)
                 if i == 0:
-                    seed = "" if col == "input" else f"\n(seed {chosen[col][0].seed})"
+                    seed = "" if col in fixed else f"\n(seed {chosen[col][0].seed})"
                     ax.set_title(f"{col}{seed}", fontsize=12)
                 if j == 0:
-                    ax.set_ylabel(stem, fontsize=10)
+                    ax.set_ylabel(f"test image {int(stem)}" if stem.isdigit() else stem, fontsize=11)
         fig.suptitle(f"{dataset}: test inputs translated by each method (last checkpoint)", y=1.0)
         fig.tight_layout()
         paths.update(_save(fig, out, f"qualitative_{dataset}"))
@@ -279,7 +299,8 @@ def make_plots(df: pd.DataFrame, paper: pd.DataFrame, out: str | Path, data_root
 
     out = Path(out)
     paths: dict[str, Path] = {}
-    steps = [("primary metric", lambda: primary_metric(df, paper, out)),
+    references = synthetic_references(df, data_root)
+    steps = [("primary metric", lambda: primary_metric(df, paper, out, references)),
              ("training losses", lambda: loss_curves(load_history(df, keys=LOSSES), out)),
              ("checkpoint curves", lambda: checkpoint_curves(df, load_history(df, prefix="checkpoint_"), out)),
              ("qualitative grid", lambda: qualitative_grid(df, out, data_root))]

@@ -27,55 +27,27 @@ import json
 import math
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from qsattn.errors import UserError
+from qsattn.run_folder import RunFolder, read_records
+from qsattn.tracking import SWEEP_KIND
+from results.references import REFERENCE_LABELS, synthetic_references
+from results.naming import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, dataset_id, in_order, method_id,
+                            method_order, metric_id, row_label, table_metrics, with_mode)
 
 HERE = Path(__file__).resolve().parent
 PAPER_CSV = HERE / "paper_numbers.csv"
 DEFAULT_OUT = HERE / "out"
 
-# Method names as papers print them -> our method ids (qsattn/methods.py). Matched ignoring case,
-# spaces and punctuation; our own ids are accepted as they are.
-PAPER_METHODS = {
-    "CUT": "cut",
-    "FastCUT": "fastcut",
-    "QS-Attn (global)": "qsattn-global",
-    "QS-Attn (local)": "qsattn-local",
-    "QS-Attn (global+local)": "qsattn-global-local",
-}
-DATASET_ALIASES = {"horse2zebra": "horse2zebra", "horsezebra": "horse2zebra", "cat2dog": "cat2dog",
-                   "catdog": "cat2dog", "afhqcat2dog": "cat2dog", "cityscapes": "cityscapes",
-                   "labelsphotos": "cityscapes", "cityscapeslabelsphotos": "cityscapes"}
-METRIC_ALIASES = {"fid": "fid", "kid": "kid", "map": "mAP", "pixacc": "pixAcc", "classacc": "classAcc",
-                  "gtscore": "gt_score"}
-MODED = ("fid", "kid", "fid_standin", "kid_standin")  # values that exist once per FID mode (fid_clean, ...)
 
-# The table's metrics per dataset (first match by name prefix), in column order: both FID modes, the papers'
-# (legacy_pytorch) first.
-_FIDS = ("fid_legacy_pytorch", "fid_clean")
-TABLE_METRICS = (("cityscapes", (*_FIDS, "mAP", "pixAcc", "classAcc")), ("synthetic", ("gt_score",)), ("", _FIDS))
-
-
-def _value_tables():
-    """Directions and labels, from the one place they are declared (eval.registry.VALUES)."""
-    from eval.registry import VALUES
-
-    lower = {name for name, v in VALUES.items() if v.lower_is_better} | {"fid", "kid", "fid_standin", "kid_standin"}
-    labels = {name: v.label for name, v in VALUES.items()} | {"fid": "FID [mode unknown]", "kid": "KID [mode unknown]"}
-    return lower, labels
-
-
-LOWER_IS_BETTER, METRIC_LABELS = _value_tables()
 WHICH = ("last", "best")
 WHICH_LABELS = {"last": "last", "best": "best (test-selected)", "paper": "paper"}
 # The paper's checkpoint selection that each of our columns matches (paper_numbers.csv `selection`).
 SELECTION_OF = {"last": "last", "best": "best-of-training"}
-DATASET_ORDER = ("horse2zebra", "cat2dog", "cityscapes")
 OUTSIDE_MARK = "†"
 RUN_COLUMNS = ["sweep", "cell", "variant", "method", "dataset", "seed", "status", "status_detail", "run_id",
                "run_dir", "git_commit", "fid_mode", "drn_arch", "n_generated", "n_real", "start_time"]
@@ -85,47 +57,7 @@ class ReportError(UserError):
     """A problem the user can fix (wrong experiment name, no store); the message says how."""
 
 
-def _key(text) -> str:
-    return re.sub(r"[^a-z0-9+]", "", str(text).lower())
 
-
-def method_id(name: str) -> str:
-    """A paper's method name (or one of our ids) -> our method id."""
-    from qsattn.methods import METHODS
-
-    if name in METHODS:
-        return name
-    table = {_key(k): v for k, v in PAPER_METHODS.items()} | {_key(m): m for m in METHODS}
-    if _key(name) in table:
-        return table[_key(name)]
-    warnings.warn(f"paper_numbers.csv: method {name!r} is neither one of ours nor in results.report.PAPER_METHODS; "
-                  "add it there to compare it with our runs", stacklevel=2)
-    return name
-
-
-def dataset_id(name: str) -> str:
-    return DATASET_ALIASES.get(_key(name), str(name))
-
-
-def metric_id(name: str, fid_mode: str = "") -> str:
-    """A paper's metric name -> ours; FID and KID carry their mode (fid_legacy_pytorch), 'fid' if unknown."""
-    base = METRIC_ALIASES.get(_key(name), str(name))
-    mode = "" if fid_mode is None or fid_mode != fid_mode else str(fid_mode).strip()
-    return f"{base}_{mode}" if base in MODED and mode and mode != "unknown" else base
-
-
-def with_mode(metric: str, fid_mode: str) -> str:
-    """A run's value logged without its mode (fid_last, checkpoint_kid: stores written before the modes were
-    scored side by side) -> its name with the mode the run's protocol records ('' leaves it alone)."""
-    if not fid_mode or fid_mode != fid_mode:
-        return metric
-    prefix = "checkpoint_" if metric.startswith("checkpoint_") else ""
-    core = metric[len(prefix):]
-    for base in sorted(MODED, key=len, reverse=True):
-        for suffix in ("_last", "_best", ""):
-            if core == base + suffix:
-                return f"{prefix}{base}_{fid_mode}{suffix}"
-    return metric
 
 
 PAPER_COLUMNS = ["method", "dataset", "metric", "value", "fid_mode", "selection", "generated", "reference", "source",
@@ -170,30 +102,21 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
 
 def _variant(run_name: str, method: str, dataset: str, seed) -> str:
     """The ablation label in a sweep's run name '<method>-<dataset>-s<seed>[-<label>]-<id8>' ('' if none)."""
-    m = re.fullmatch(rf"{re.escape(str(method))}-{re.escape(str(dataset))}-s{seed}(?:-(.+))?-[0-9a-f]{{8}}",
-                     run_name or "")
-    return (m.group(1) or "") if m else ""
+    from qsattn.tracking import variant_of
+
+    return variant_of(run_name, method, dataset, seed)
 
 
 def _records(run_dir: str | None) -> dict[str, dict]:
     """The sweep's job records (slurm/job.py: <run_dir>/sweep/<kind>.json), where the folder is readable."""
-    out = {}
-    if not run_dir:
-        return out
-    folder = Path(run_dir) / "sweep"
-    for kind in ("submitted", "started", "finished", "failed", "preempted"):
-        try:
-            out[kind] = json.loads((folder / f"{kind}.json").read_text())
-        except (OSError, ValueError):
-            pass
-    return out
+    return read_records(run_dir) if run_dir else {}
 
 
 def run_status(mlflow_status: str | None, tags: dict, evaluated: bool, records: dict,
                folder_state: str = "") -> tuple[str, str]:
     """(finished | failed | running | interrupted, why). MLflow's own status is not enough: training that
-    fails sets the tag last_status and leaves the run open for a resume; the pipeline reopens a trained run
-    to log its evaluation; the sweep's job records say when a job failed after training; a run left open
+    fails ends FAILED or KILLED (older stores: the tag last_status) and a resume reopens it; the pipeline
+    reopens a trained run to log its evaluation; the sweep's job records say when a job failed after training; a run left open
     by a killed job is running only if its folder says so (`folder_state`: slurm.status.folder_status)."""
     latest = max(records, key=lambda k: records[k].get("time", 0)) if records else ""
     if latest == "failed":
@@ -225,7 +148,7 @@ def _folder_state(run_dir: str, live: dict) -> str:
 def _is_orphan(run_id: str, run_dir: str) -> bool:
     """An MLflow run that is not the one its run folder logs to (a duplicate: the folder names another)."""
     try:
-        return (Path(run_dir) / "mlflow_run_id").read_text().strip() not in ("", run_id)
+        return RunFolder(run_dir).mlflow_run_id.read_text().strip() not in ("", run_id)
     except OSError:
         return False
 
@@ -260,11 +183,13 @@ def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFram
     rows = []
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        if tags.get("qsattn.kind") == SWEEP_KIND:
+            continue  # the sweep-level run holding this report, not a cell
         method = tags.get("method") or params.get("method", "")
         dataset = tags.get("dataset") or params.get("dataset", "")
         seed = tags.get("seed") or params.get("seed", "")
         run_dir = tags.get("run_dir", "")
-        name = tags.get("mlflow.runName") or run.info.run_name or params.get("name", "")
+        name = tags.get("run_folder") or tags.get("mlflow.runName") or run.info.run_name or params.get("name", "")
         evaluated = any(k.endswith("_last") for k in metrics)
         status, why = run_status(run.info.status, tags, evaluated, _records(run_dir), _folder_state(run_dir, live))
         if _is_orphan(run.info.run_id, run_dir):
@@ -325,7 +250,7 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
         run_dir = cfg_file.parent
         cfg = yaml.safe_load(cfg_file.read_text()) or {}
         try:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics = json.loads(RunFolder(run_dir).metrics.read_text())
         except (OSError, ValueError):
             metrics = {}
         evaluated = bool(metrics.get("metrics"))
@@ -338,7 +263,7 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
         elif _folder_state(str(run_dir), live) == "running":
             status, why = "running", "training (no job records)"
         else:
-            status, why = "interrupted", ("trained, evaluation not finished" if (run_dir / "DONE").exists()
+            status, why = "interrupted", ("trained, evaluation not finished" if RunFolder(run_dir).done.exists()
                                           else "stopped without a result (no job records)")
         protocol = metrics.get("protocol", {})
         base = dict(sweep=cfg.get("experiment", runs_dir.name), cell=run_dir.name,
@@ -363,15 +288,24 @@ def load_run_dirs(runs_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+REAL_PHOTOS_ROW = "real photos (upper bound)"
+
+
 def load_released(folder: str | Path) -> pd.DataFrame:
     """The same frame from scored official released generators (<folder>/<NAME>.json, written by
     `python -m results.released`): one finished run per generator, seed 'released', values as `_last`."""
     from eval.released import RELEASED
 
+    from results.released import REAL_PHOTOS
+
     folder = Path(folder)
     rows = []
     for path in sorted(folder.glob("*.json")):
         entry = RELEASED.get(path.stem)
+        if path.stem == REAL_PHOTOS:  # the segmentation scores' upper bound: real photos against their labels
+            from eval.released import Released
+
+            entry = Released(REAL_PHOTOS, REAL_PHOTOS_ROW, "cityscapes", "the prepared Cityscapes testB photos")
         if entry is None:
             continue
         result = json.loads(path.read_text())
@@ -390,76 +324,7 @@ def load_released(folder: str | Path) -> pd.DataFrame:
     return df
 
 
-def load_history(df: pd.DataFrame, keys=None, prefix: str | None = None) -> pd.DataFrame:
-    """Metric histories of the frame's runs, tidy: run_id, method, variant, dataset, seed, metric, step,
-    value. `keys`: metric names; `prefix`: every logged metric starting with it (e.g. 'checkpoint_').
-    From MLflow where the frame came from MLflow, else from the run folders' metrics.json."""
-    runs = df.drop_duplicates("run_id")
-    logged = df.groupby("run_id")["metric"].apply(lambda s: set(s.dropna()))
-    cols = ["run_id", "method", "variant", "dataset", "seed", "status", "metric", "step", "value"]
-    rows = []
-    client = None
-    if df.attrs.get("source") == "mlflow":
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=df.attrs["tracking_uri"])
-    for _, run in runs.iterrows():
-        names = [k for k in logged.get(run.run_id, set())
-                 if (keys and k in keys) or (prefix and k.startswith(prefix))]
-        ident = {c: run[c] for c in cols[:6]}
-        if client is not None:
-            logged_as = {with_mode(k, run.get("fid_mode", "")): k for k in client.get_run(run.run_id).data.metrics} \
-                if run.get("fid_mode") else {}
-            for k in sorted(names):
-                rows += [dict(ident, metric=k, step=m.step, value=m.value)
-                         for m in client.get_metric_history(run.run_id, logged_as.get(k, k))]
-        elif run.run_dir:
-            try:
-                history = json.loads((Path(run.run_dir) / "metrics.json").read_text()).get("history", {})
-            except (OSError, ValueError):
-                history = {}
-            mode = run.get("fid_mode", "")
-            for epoch, m in history.items():
-                rows += [dict(ident, metric=with_mode(f"checkpoint_{k}", mode), step=int(epoch), value=float(v))
-                         for k, v in m.items()
-                         if with_mode(f"checkpoint_{k}", mode) in names and isinstance(v, (int, float))]
-    return pd.DataFrame(rows, columns=cols)
-
-
 # --- the table ------------------------------------------------------------------------------------------
-
-def table_metrics(dataset: str, df: pd.DataFrame | None = None, paper: pd.DataFrame | None = None) -> list[str]:
-    """The dataset's metrics in the table: its fixed list (FID; Cityscapes adds mAP, pixAcc, classAcc; the
-    synthetic set: gt_score), FID's stand-in where only that was logged, then any other metric the paper
-    reports for the dataset."""
-    metrics = list(next(m for prefix, m in TABLE_METRICS if dataset.startswith(prefix)))
-    if df is not None:
-        logged = set(df.loc[df["dataset"] == dataset, "metric"].dropna())
-        for i, m in enumerate(metrics):
-            standin = m.replace("fid_", "fid_standin_", 1)
-            if m.startswith("fid_") and f"{m}_last" not in logged and f"{standin}_last" in logged:
-                metrics[i] = standin
-        if "fid_last" in logged:  # runs whose mode nothing records: a column of their own, compared with nothing
-            metrics.append("fid")
-    if paper is not None:
-        metrics += [m for m in paper.loc[paper["dataset"] == dataset, "metric"] if m not in metrics]
-    return metrics
-
-
-def _order(values, preferred) -> list:
-    values = list(dict.fromkeys(v for v in values if v is not None and v == v))
-    return [v for v in preferred if v in values] + sorted((v for v in values if v not in preferred), key=str)
-
-
-def _method_order() -> list[str]:
-    from qsattn.methods import METHODS
-
-    return list(METHODS)
-
-
-def row_label(method: str, variant: str = "") -> str:
-    return f"{method} [{variant}]" if variant else method
-
 
 def _seeds_text(seeds) -> str:
     seeds = sorted(seeds, key=str)
@@ -488,12 +353,12 @@ def table1_numbers(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Da
     paper), paper_outside_ci and note (why a value is missing, or which seeds are left out)."""
     paper = load_paper() if paper is None else paper
     runs = df.drop_duplicates("run_id")
-    datasets = _order(runs["dataset"], DATASET_ORDER)
+    datasets = in_order(runs["dataset"], DATASET_ORDER)
     keyed = df.dropna(subset=["metric"]).set_index(["run_id", "metric"])["value"]
     rows_methods = list(dict.fromkeys(zip(runs["method"], runs["variant"].fillna(""))))
     paper_here = paper[paper["dataset"].isin(datasets)]
     rows_methods += [(m, "") for m in paper_here["method"] if (m, "") not in rows_methods]
-    order = _method_order()
+    order = method_order()
     rows_methods.sort(key=lambda mv: (order.index(mv[0]) if mv[0] in order else len(order), mv[0], mv[1]))
     lookup = {(r.method, r.dataset, r.metric): r for r in paper.itertuples()}
     out = []
@@ -575,6 +440,8 @@ def format_cell(r, latex: bool = False) -> str:
     if r.n == 0:
         return f"\\textit{{{_tex(r.note)}}}" if latex else (r.note or "no value")
     d = _digits(r.mean, r.paper)
+    if getattr(r, "reference", False) == True:  # noqa: E712 (numpy and pandas booleans too)
+        return f"{r.mean:.{d}f} ({_tex(r.note) if latex else r.note})"
     pm = " $\\pm$ " if latex else " ± "
     text = f"{r.mean:.{d}f}"
     if r.n == 1:
@@ -630,6 +497,23 @@ def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None, numbers: pd.Data
     table = pd.DataFrame([[cells.get((m, c), "") for c in cols] for m in rows], index=pd.Index(rows, name="method"),
                          columns=pd.MultiIndex.from_tuples(cols, names=["dataset", "metric", "value"]))
     return table
+
+
+# --- the synthetic set's references: the scores a translation must beat -----------------------------------
+
+def reference_numbers(references: dict[str, dict[str, dict]]) -> pd.DataFrame:
+    """The references as rows of `table1_numbers` (reference=True; the same value as last and best)."""
+    rows = []
+    for dataset, refs in references.items():
+        for name, scores in refs.items():
+            for metric in table_metrics(dataset):
+                for which in WHICH:
+                    rows.append(dict(method=REFERENCE_LABELS[name], dataset=dataset, metric=metric, which=which, n=1,
+                                     mean=scores[metric], std=np.nan, ci_low=np.nan, ci_high=np.nan, seeds="",
+                                     paper=np.nan, paper_source="", diff=np.nan, paper_outside_ci=False,
+                                     note="not trained: the score to beat", lower_is_better=metric in LOWER_IS_BETTER,
+                                     reference=True))
+    return pd.DataFrame(rows)
 
 
 # --- writers --------------------------------------------------------------------------------------------
@@ -718,10 +602,15 @@ def to_latex(numbers: pd.DataFrame, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_tables(df: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str) -> dict[str, Path]:
-    """table1.md, table1.csv (the text table), table1_numbers.csv (the numbers), table1.tex, runs.csv."""
+def write_tables(df: pd.DataFrame, paper: pd.DataFrame, out: Path, title: str,
+                 data_root: str | None = None) -> dict[str, Path]:
+    """table1.md, table1.csv (the text table), table1_numbers.csv (the numbers), table1.tex, runs.csv.
+    A synthetic dataset's table also has the references' rows (`synthetic_references`)."""
     out.mkdir(parents=True, exist_ok=True)
-    numbers = table1_numbers(df, paper)
+    numbers = table1_numbers(df, paper).assign(reference=False)
+    references = reference_numbers(synthetic_references(df, data_root))
+    if not references.empty:
+        numbers = pd.concat([numbers, references], ignore_index=True)
     table = table1(df, paper, numbers)
     paths = {"md": out / "table1.md", "csv": out / "table1.csv", "numbers": out / "table1_numbers.csv",
              "tex": out / "table1.tex", "runs": out / "runs.csv"}
@@ -742,7 +631,7 @@ def write_report(df: pd.DataFrame, paper: pd.DataFrame | None = None, out: str |
     experiment = df.attrs.get("experiment") or "report"
     out = Path(out) if out else DEFAULT_OUT / str(experiment)
     title = f"Table 1 — sweep '{experiment}'"
-    paths = write_tables(df, paper, out, title)
+    paths = write_tables(df, paper, out, title, data_root)
     if plots:
         from results.plots import make_plots
 
@@ -787,6 +676,10 @@ def run(args) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if df.attrs.get("source") == "mlflow":
+        from qsattn.tracking import log_report
+
+        log_report(df.attrs["tracking_uri"], df.attrs["experiment"], list(paths.values()))
     print(paths["md"].read_text(encoding="utf-8"))
     print("written:\n" + "\n".join(f"  {p}" for p in paths.values()))
     return 0

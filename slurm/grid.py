@@ -29,7 +29,6 @@ can change a trained model gives a new id and a new run folder.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -37,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsattn.config import FIELDS, NOT_IN_CELL_ID, Config, ConfigError, apply, coerce, resolve, show
-from qsattn.methods import preset
+from qsattn.config import (FIELDS, NOT_IN_CELL_ID, Config, ConfigError, apply, coerce, preset, resolve, show,
+                           split_key_value)
+from qsattn.errors import did_you_mean
 
 GRID_KEYS = {"name", "defaults", "methods", "datasets", "seeds", "cells", "ablations", "include_base",
              "description"}
@@ -130,8 +130,7 @@ def _match_rules(cell_rules: Any, where: str) -> list[tuple[dict, dict]]:
         typed = {}
         for key, value in match.items():
             if key not in FIELDS and key not in MATCH_KEYS:
-                close = difflib.get_close_matches(str(key), [*FIELDS, *MATCH_KEYS], n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(key, [*FIELDS, *MATCH_KEYS])
                 raise GridError(f"{where}: cells[{i}].match: unknown key '{key}'.{hint} Match on config keys "
                                 f"(`python -m qsattn methods NAME`) or 'ablation'")
             typed[key] = _typed(key, value, f"{where}: cells[{i}].match")
@@ -153,8 +152,7 @@ def _unmatched(rule_index: int, match: dict, seen: list[dict], where: str) -> Gr
     for key, value in match.items():
         taken = {show(c[key]) for c in seen if key in c}
         if show(value) not in taken:
-            close = difflib.get_close_matches(show(value), sorted(taken), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(show(value), sorted(taken))
             values = ", ".join(v or "''" for v in sorted(taken))
             return GridError(f"{where}: cells[{rule_index}].match: no cell has {key}={show(value)}, so its 'set' "
                              f"would apply nowhere.{hint} Values of {key} in this grid: {values}")
@@ -287,8 +285,6 @@ def select(cells: list[Cell], only: list[str] | None) -> list[Cell]:
     """`--only key=value ...`: the same key repeated is OR, different keys are AND; `key=a|b` is OR too."""
     wanted: dict[str, list[str]] = {}
     for item in only or []:
-        if "=" not in item:
-            raise GridError(f"--only {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        wanted.setdefault(key.strip(), []).extend(v.strip() for v in value.split("|"))
+        key, value = split_key_value(item, "--only", GridError)
+        wanted.setdefault(key, []).extend(v.strip() for v in value.split("|"))
     return [c for c in cells if all(any(c.matches(k, v) for v in vs) for k, vs in wanted.items())]

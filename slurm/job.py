@@ -23,14 +23,10 @@ from pathlib import Path
 import submitit
 
 from qsattn.config import Config
+from qsattn.run_folder import RECORDS, RunBusy, RunFolder, Stopped, locked, read_records, request_stop  # noqa: F401
 
-RECORDS = ("submitted", "started", "finished", "failed", "preempted")
 STAGES = ("full", "train", "eval")
 BUSY = "running elsewhere"  # the result state of a job whose cell another live process holds
-
-
-def record_dir(run_dir: Path | str) -> Path:
-    return Path(run_dir) / "sweep"
 
 
 def write_record(run_dir: Path | str, kind: str, **fields) -> None:
@@ -39,18 +35,7 @@ def write_record(run_dir: Path | str, kind: str, **fields) -> None:
     from qsattn.atomic import atomic_write_text
 
     data = {"time": time.time(), "host": socket.gethostname(), **fields}
-    atomic_write_text(record_dir(run_dir) / f"{kind}.json", json.dumps(data, indent=1, default=str))
-
-
-def read_records(run_dir: Path | str) -> dict[str, dict]:
-    out = {}
-    for kind in RECORDS:
-        path = record_dir(run_dir) / f"{kind}.json"
-        try:
-            out[kind] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
-    return out
+    atomic_write_text(RunFolder(run_dir).record(kind), json.dumps(data, indent=1, default=str))
 
 
 def job_id_here() -> str:
@@ -66,10 +51,10 @@ def job_id_here() -> str:
 
 def train_only(cfg: Config) -> dict:
     """`--stage train`: train or resume, nothing else (translate and evaluate later)."""
-    from qsattn.train import Run, train
+    from qsattn.train import train
 
     run_dir = train(cfg, progress=False)
-    done = Run(cfg).done
+    done = RunFolder(run_dir).done
     return {"run_dir": str(run_dir), "trained": done.read_text().strip() if done.exists() else ""}
 
 
@@ -110,8 +95,6 @@ class CellJob(submitit.helpers.Checkpointable):
     def run_recorded(self, body) -> dict:
         """body() with the started / finished / failed records around it (a stop on request is no failure),
         under the run folder's lock; {"state": BUSY} without touching the folder if another process has it."""
-        from qsattn.run_folder import RunBusy, locked
-
         try:
             with locked(self.run_dir):
                 return self._run_recorded(body)
@@ -128,8 +111,6 @@ class CellJob(submitit.helpers.Checkpointable):
         try:
             result = body()
         except Exception as exc:  # recorded for `status`, then re-raised so submitit reports it too
-            from qsattn.train import Stopped
-
             if not isinstance(exc, Stopped):
                 self.record("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
             raise
@@ -142,25 +123,21 @@ class CellJob(submitit.helpers.Checkpointable):
     def _run_saving_on_preemption(self) -> dict:
         """submitit's USR2 handler requeues and exits at once, losing the steps since the last checkpoint.
         While training runs, USR2 instead asks the loop to save at its next step boundary and stop
-        (`qsattn.train.STOP`); then submitit's own handler is called (checkpoint() and requeue)."""
+        (`qsattn.run_folder.request_stop`); then submitit's own handler is called (checkpoint() and requeue)."""
         import signal
-
-        from qsattn import train as training
 
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         if not callable(submitit_handler):
             return self.run_cell()
 
         def on_usr2(signum, frame):
-            if training.RUNNING.is_set():
-                training.STOP.set()
-            else:
+            if not request_stop():
                 submitit_handler(signum, frame)
 
         signal.signal(signal.SIGUSR2, on_usr2)
         try:
             return self.run_cell()
-        except training.Stopped:
+        except Stopped:
             submitit_handler(signal.SIGUSR2, None)  # checkpoint() + requeue, then exits
             raise
         finally:

@@ -24,15 +24,14 @@ from pathlib import Path
 import submitit
 
 from qsattn.config import Config
-from slurm.job import BUSY, CellJob, job_id_here, read_records, write_record
-from slurm.status import DONE_FILE
+from qsattn.run_folder import RunFolder, Stopped, read_records, request_stop
+from slurm.job import BUSY, CellJob, job_id_here, write_record
 
 # Imported once by the pack's fork server, then shared by its K cells' processes: K cold imports of torch
 # and MLflow at once take tens of seconds on a busy node. (Nothing here touches CUDA before the fork.)
 PRELOAD = ("qsattn.train", "qsattn.translate", "eval.registry", "qsattn.tracking", "mlflow", "slurm.pack")
 PREEMPTED_EXIT = 75  # a cell's process stopped on USR2 after saving (EX_TEMPFAIL): resumed by the requeued pack
 BUSY_EXIT = 73  # a cell's process found its run folder held by another live process (another sweep runs it)
-LOG_NAME = "log.txt"  # <run_dir>/sweep/log.txt: a packed cell's stdout and stderr, every attempt appended
 
 
 class Preempted(BaseException):
@@ -52,11 +51,11 @@ def run_dir(cfg: Config) -> Path:
 def is_finished(cfg: Config, stage: str) -> bool:
     """What `status` calls done (full) or trained (train): no need to start it again. An eval stage
     re-scores even a scored cell, so it is never finished beforehand."""
-    folder = run_dir(cfg)
-    trained = (folder / DONE_FILE).exists()
+    folder = RunFolder(run_dir(cfg))
+    trained = folder.done.exists()
     if stage == "eval":
         return False
-    return trained if stage == "train" else trained and (folder / "metrics.json").exists()
+    return trained if stage == "train" else trained and folder.metrics.exists()
 
 
 def pack_job_id() -> str:
@@ -123,7 +122,7 @@ class PackedJob(submitit.helpers.Checkpointable):
                     procs[cfg.run_name()] = proc
                 finally:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)
-                print(f"  {cfg.run_name()}: process {proc.pid}, log {run_dir(cfg) / 'sweep' / LOG_NAME}", flush=True)
+                print(f"  {cfg.run_name()}: process {proc.pid}, log {RunFolder(run_dir(cfg)).sweep_log}", flush=True)
             from multiprocessing.connection import wait
 
             while any(p.is_alive() for p in procs.values()):
@@ -160,7 +159,7 @@ class PackedJob(submitit.helpers.Checkpointable):
         if failed.get("time", 0) >= launched and failed.get("error"):  # written by the cell's CellJob
             return {"state": "failed", "error": failed["error"]}
         how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
-        error = f"the cell's process ended without a result ({how}); see {folder / 'sweep' / LOG_NAME}"
+        error = f"the cell's process ended without a result ({how}); see {RunFolder(folder).sweep_log}"
         write_record(folder, "failed", job_id=job_id, pack=self.pack, error=error)
         return {"state": "failed", "error": error}
 
@@ -182,14 +181,11 @@ def run_packed_cell(cfg: Config, stage: str, context: dict) -> None:
         if requested:
             return
         requested.append(time.time())
-        training = sys.modules.get("qsattn.train")
-        if training is not None and training.RUNNING.is_set():
-            training.STOP.set()  # the loop saves at its next step boundary and raises Stopped
-        else:
+        if not request_stop():  # else the loop saves at its next step boundary and raises Stopped
             raise Preempted("USR2 outside training")
 
     _die_with_parent()
-    log = run_dir(cfg) / "sweep" / LOG_NAME
+    log = RunFolder(run_dir(cfg)).sweep_log
     log.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush(), sys.stderr.flush()
@@ -206,13 +202,9 @@ def run_packed_cell(cfg: Config, stage: str, context: dict) -> None:
     except Preempted:
         print("stopped on USR2 outside training; the requeued pack starts this stage again", flush=True)
         sys.exit(PREEMPTED_EXIT)
-    except Exception as exc:
-        from qsattn.train import Stopped
-
-        if isinstance(exc, Stopped):
-            print(f"stopped on USR2: {exc}", flush=True)
-            sys.exit(PREEMPTED_EXIT)
-        raise
+    except Stopped as exc:
+        print(f"stopped on USR2: {exc}", flush=True)
+        sys.exit(PREEMPTED_EXIT)
     if isinstance(result, dict) and result.get("state") == BUSY:
         sys.exit(BUSY_EXIT)
 

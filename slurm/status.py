@@ -22,12 +22,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qsattn.run_folder import RunFolder, holder, read_records
 from slurm.grid import Cell, GridError, expand, select
 
 PRIMARY_METRICS = ("fid_legacy_pytorch_last", "fid_clean_last", "fid_last", "gt_score_last", "gt_score",
                    "fid_standin_legacy_pytorch_last", "fid_standin_clean_last", "mAP_last")
 TRAIN_METRICS = ("NCE", "G", "D")
-DONE_FILE = "DONE"  # qsattn.train.DONE_FILE; not imported from there, which would import torch
 
 
 @dataclass
@@ -47,6 +47,7 @@ class CellStatus:
     sec_per_step: float | None = None
     eta_s: float | None = None
     log: str = ""       # the job's log file (stderr), where its progress bar and any traceback go
+    tracking: str = ""  # "tracking offline (N records kept)" while its MLflow store does not answer
 
 
 def live_jobs() -> dict[str, str]:
@@ -77,7 +78,7 @@ def _pid_alive(record: dict) -> bool:
 
 def _result_metric(run_dir: Path) -> str:
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text()).get("metrics", {})
+        metrics = json.loads(RunFolder(run_dir).metrics.read_text()).get("metrics", {})
     except (OSError, ValueError, AttributeError):
         return ""
     for key in PRIMARY_METRICS:
@@ -91,8 +92,6 @@ def _result_metric(run_dir: Path) -> str:
 
 def read_progress(run_dir: Path | str) -> dict | None:
     """<run_dir>/progress.json as training wrote it (step, total_steps, sec_per_step, updated), or None."""
-    from qsattn.run_folder import RunFolder
-
     try:
         data = json.loads(RunFolder(run_dir).progress.read_text())
     except (OSError, ValueError):
@@ -130,9 +129,7 @@ def progress_text(progress: dict | None, trained: bool = False) -> str:
 
 def _log_file(record: dict, job_id: str, run_dir: Path) -> str:
     if record.get("pack"):
-        from slurm.pack import LOG_NAME
-
-        return str(run_dir / "sweep" / LOG_NAME)
+        return str(RunFolder(run_dir).sweep_log)
     if not record.get("folder") or not job_id or job_id.startswith("debug"):
         return ""
     from submitit.core.utils import JobPaths
@@ -146,12 +143,10 @@ def cell_status(cell: Cell, live: dict[str, str]) -> CellStatus:
 
 def folder_status(run_dir: Path | str, live: dict[str, str], name: str = "", cell_id: str = "") -> CellStatus:
     """The state of one run folder (`live`: live_jobs()); the report asks this too."""
-    from qsattn.run_folder import holder
-    from slurm.job import read_records
-
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     st = CellStatus(name or run_dir.name, cell_id, "pending", run_dir=str(run_dir))
-    id_file = run_dir / "mlflow_run_id"
+    id_file = folder.mlflow_run_id
     if id_file.exists():
         st.mlflow_run_id = id_file.read_text().strip()
     records = read_records(run_dir)
@@ -160,14 +155,17 @@ def folder_status(run_dir: Path | str, live: dict[str, str], name: str = "", cel
     st.job_id = str(latest.get("job_id", ""))
     st.pack = str(latest.get("pack") or records.get("submitted", {}).get("pack") or "")
     st.log = _log_file(records.get("submitted", {}), st.job_id, run_dir)
+    from qsattn.tracking import tracking_note
+
+    st.tracking = tracking_note(run_dir)
     progress = read_progress(run_dir)
     if progress:
         st.step, st.total_steps = int(progress["step"]), int(progress["total_steps"])
         st.sec_per_step, st.eta_s = progress.get("sec_per_step"), eta_seconds(progress)
-    if (run_dir / "metrics.json").exists():
+    if folder.metrics.exists():
         st.state, st.metric = "done", _result_metric(run_dir)
         return st
-    if latest_kind == "finished" and (run_dir / DONE_FILE).exists():
+    if latest_kind == "finished" and folder.done.exists():
         st.state = "trained"  # a `--stage train` sweep's result
         return st
     st.holder = holder(run_dir) or ""
@@ -179,7 +177,7 @@ def folder_status(run_dir: Path | str, live: dict[str, str], name: str = "", cel
         st.state = "queued" if live[st.job_id] in ("PENDING", "CONFIGURING", "REQUEUED") else "running"
     elif latest_kind == "submitted" and _pid_alive({"host": latest.get("host"), "pid": latest.get("job_id")}):
         st.state = "queued"  # a local job (its id is its controller's pid) that has not taken the lock yet
-    elif (run_dir / DONE_FILE).exists():
+    elif folder.done.exists():
         st.state = "trained"
     elif latest_kind:
         st.state = "interrupted"
@@ -221,7 +219,7 @@ def _add_training_metrics(cells: list[Cell], out: list[CellStatus]) -> None:
 
 def format_table(rows: list[CellStatus], errors: bool = False) -> str:
     head = ("state", "cell", "id", "job", "mlflow run", "metric")
-    data = [(r.state, r.name, r.id[:8], r.job_id, r.mlflow_run_id[:12], r.metric) for r in rows]
+    data = [(r.state, r.name, r.id[:8], r.job_id, r.tracking or r.mlflow_run_id[:12], r.metric) for r in rows]
     if any(r.pack for r in rows):  # packed cells (cells_per_gpu > 1): which pack, beside the job
         head = head[:4] + ("pack",) + head[4:]
         data = [row[:4] + (r.pack,) + row[4:] for row, r in zip(data, rows)]

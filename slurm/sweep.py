@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from qsattn.config import split_key_value
+from qsattn.run_folder import RunFolder
 from slurm.grid import Cell, GridError, expand, select
 
 PROFILE_DIR = Path(__file__).resolve().parent
@@ -64,10 +66,8 @@ def load_profile(name: str | None, sets: list[str] | None = None) -> dict:
         values = yaml.safe_load(path.read_text()) or {}
         profile.update({k: v for k, v in values.items() if v is not None})
     for item in sets or []:
-        if "=" not in item:
-            raise GridError(f"--set {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        profile[key.strip()] = yaml.safe_load(value)
+        key, value = split_key_value(item, "--set", GridError)
+        profile[key] = yaml.safe_load(value)
     unknown = set(profile) - set(PROFILE_KEYS)
     if unknown:
         raise GridError(f"unknown profile keys {sorted(unknown)}; valid: {sorted(PROFILE_KEYS)}")
@@ -173,22 +173,19 @@ def for_jobs(cell: Cell, threads: int = 0) -> Cell:
 
 
 def prepare_tracking(cells: list[Cell]) -> None:
-    """Create each MLflow store and experiment once, here, before any job starts: many jobs creating a
-    fresh SQLite store at the same moment race on its schema migration."""
-    import mlflow
-
-    from qsattn.tracking import artifact_root
+    """Create each MLflow store and experiment (its kind, description and view) once, here, before any
+    job starts, under the store's lock: two sweeps creating a fresh SQLite store at once corrupt it.
+    A store that does not answer is left to the jobs (they train anyway and keep their records)."""
+    from qsattn.tracking import ensure_experiment, open_client
 
     for uri, experiment in sorted({(c.config.tracking_uri, c.config.experiment) for c in cells}):
         if uri == "off":
             continue
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        if client.get_experiment_by_name(experiment) is None:
-            try:
-                client.create_experiment(experiment, artifact_location=artifact_root(uri))
-            except Exception:  # noqa: BLE001 - created meanwhile by someone else
-                if client.get_experiment_by_name(experiment) is None:
-                    raise
+        try:
+            ensure_experiment(open_client(uri), experiment, uri)
+        except Exception as exc:  # noqa: BLE001 - preflight has said what it found; training never waits on it
+            print(f"warning: MLflow at {uri} does not answer ({type(exc).__name__}); the cells train anyway and "
+                  f"keep their records for it (docs/tracking.md)", file=sys.stderr)
 
 
 def plan(cells: list[Cell], stage: str, retry_failed: bool = True) -> tuple[list[Cell], dict[str, str]]:
@@ -319,7 +316,7 @@ class ProgressPrinter:
             return
         self.last = time.time()
         for cell in cells:
-            text = progress_text(read_progress(cell.run_dir), trained=(cell.run_dir / "DONE").exists())
+            text = progress_text(read_progress(cell.run_dir), trained=RunFolder(cell.run_dir).done.exists())
             if text and self.shown.get(cell.name) != text:
                 print(f"{time.strftime('%H:%M:%S')} {cell.name}: {text}", flush=True)
                 self.shown[cell.name] = text
@@ -434,7 +431,10 @@ def run(args) -> int:
         print(f"skip    {name}: {why}")
     print(f"{len(cells)} cells, {len(todo)} to run on {args.cluster}"
           + (f" (profile {profile_name})" if profile_name else ""))
-    if todo:
+    if todo and args.stage == "eval":  # no training: the bill (training GPU-hours, checkpoints) does not apply
+        print(f"stage eval: {len(todo)} trained cells re-scored under the grid's evaluation keys, nothing trained",
+              flush=True)
+    elif todo:
         print(bill(todo, args.cluster, profile)[0], flush=True)
     blocked = cpu_gate(todo, args, lay)
     if args.estimate:

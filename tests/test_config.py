@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qsattn.config import FIELDS, NOT_IN_CELL_ID, RESUMABLE_KEYS, ROLES, Config, ConfigError, markdown_reference, resolve
+from qsattn.config import FIELDS, NOT_IN_CELL_ID, RESUMABLE_KEYS, RETIRED_KEYS, ROLES, Config, ConfigError, markdown_reference, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_out_of_range_values_are_one_clear_error(key, value, message):
 def test_roles_decide_the_cell_id_and_resume_key_sets():
     roles = {name: f.metadata["role"] for name, f in FIELDS.items()}
     assert NOT_IN_CELL_ID == {k for k, r in roles.items() if r in ("runtime", "evaluation")}
-    assert RESUMABLE_KEYS == NOT_IN_CELL_ID | {k for k, r in roles.items() if r == "resumable"}
+    assert RESUMABLE_KEYS == NOT_IN_CELL_ID | {k for k, r in roles.items() if r == "resumable"} | set(RETIRED_KEYS)
     # what a trained model depends on stays in the id and must match on resume
     for key in ("lr", "qs_mode", "num_patches", "seed", "amp", "matmul_tf32", "deterministic", "dataset"):
         assert key not in RESUMABLE_KEYS, key
@@ -70,3 +70,16 @@ def test_docs_config_md_is_the_generated_reference():
     assert (ROOT / "docs" / "config.md").read_text() == text, "docs/config.md is out of date: regenerate it"
     for name, f in FIELDS.items():
         assert f"| `{name}` |" in text, name
+
+
+def test_a_retired_key_is_read_as_its_replacement_and_never_blocks_a_resume():
+    """Run folders and grids written when one FID mode was scored (`fid_mode: legacy_pytorch`) still load."""
+    from qsattn.checkpoint import config_mismatches
+    from qsattn.config import resolve
+
+    cfg = resolve({"fid_mode": "legacy_pytorch"})
+    assert cfg.fid_modes == "legacy_pytorch"
+    saved = {**{k: list(v) if isinstance(v, tuple) else v for k, v in resolve({}).to_dict().items()},
+             "fid_mode": "clean"}
+    saved.pop("fid_modes")
+    assert config_mismatches(saved, resolve({})) == []

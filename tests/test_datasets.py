@@ -485,3 +485,71 @@ def test_a_prepared_dataset_is_readable_by_the_group(server, tmp_path):
     assert target.stat().st_mode & 0o777 == 0o755  # (mkdtemp made it 0700)
     assert {p.stat().st_mode & 0o777 for p in target.rglob("*") if p.is_dir()} == {0o755}
     assert {p.stat().st_mode & 0o777 for p in target.rglob("*") if p.is_file()} == {0o644}
+
+
+def _textured_cityscapes(folder: Path) -> None:
+    """Cityscapes-shaped zips whose photos are noise and whose label maps have two classes with a sharp edge,
+    so that resize filters differ (the uniform images of _fake_cityscapes look the same under any filter)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def png(arr) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return buf.getvalue()
+    folder.mkdir(parents=True, exist_ok=True)
+    gt, photos = {}, {}
+    for split, ids in CITY_IDS.items():
+        for key in ids:
+            city = key.split("_")[0]
+            colour = np.zeros((32, 64, 3), np.uint8)
+            colour[:, :21] = (128, 64, 128)     # road
+            colour[:, 21:] = (70, 70, 70)       # building
+            ids_map = np.where(np.arange(64) < 21, 7, 11).astype(np.uint8)[None].repeat(32, 0)
+            gt[f"gtFine/{split}/{city}/{key}_gtFine_color.png"] = png(colour)
+            gt[f"gtFine/{split}/{city}/{key}_gtFine_labelIds.png"] = png(ids_map)
+            photos[f"leftImg8bit/{split}/{city}/{key}_leftImg8bit.png"] = png(
+                rng.integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    (folder / "gtFine_trainvaltest.zip").write_bytes(_zip(gt))
+    (folder / "leftImg8bit_trainvaltest.zip").write_bytes(_zip(photos))
+
+
+def test_cityscapes_default_filter_is_the_official_environments_nearest_and_others_are_selectable(tmp_path):
+    """The official script resizes with Pillow's default filter, NEAREST in the Pillow 6.1.0 it pins: the
+    default preparation equals that resize (then the same JPEG encoding) exactly; bicubic gives other pixels."""
+    import numpy as np
+
+    zips = tmp_path / "cityscapes_zips"
+    _textured_cityscapes(zips)
+    key = "frankfurt_000000_000294"
+    with zipfile.ZipFile(zips / "leftImg8bit_trainvaltest.zip") as zf, \
+            zf.open(f"leftImg8bit/val/frankfurt/{key}_leftImg8bit.png") as f, Image.open(f) as src:
+        expected = io.BytesIO()
+        src.convert("RGB").resize((256, 256), Image.NEAREST).save(expected, format="JPEG", quality=100, subsampling=0)
+    target = ds.prepare(_city_entry(), tmp_path, progress=False)
+    with Image.open(target / "testB" / f"{key}.jpg") as ours, Image.open(expected) as official:
+        assert np.array_equal(np.asarray(ours), np.asarray(official))
+    assert json.loads((target / ds.MARKER).read_text())["options"] == {"resample": "nearest"}
+    other = ds.prepare(_city_entry(), tmp_path / "bicubic", zips_dir=zips, resample="bicubic", progress=False)
+    with Image.open(target / "testB" / f"{key}.jpg") as a, Image.open(other / "testB" / f"{key}.jpg") as b:
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean() > 5
+
+
+def test_the_filter_tool_measures_photos_and_blended_label_colours(tmp_path):
+    import numpy as np
+
+    _textured_cityscapes(tmp_path / "z")
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "cityscapes_filters.py"),
+                          "--zips", str(tmp_path / "z"), "--n", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split(":")[0].strip(): line for line in out.stdout.splitlines()[1:]}
+    assert set(lines) == {"labels bicubic vs nearest", "photo bicubic vs nearest"}
+    off = float(lines["labels bicubic vs nearest"].split("off-palette pixels ")[1].rstrip("%"))
+    assert off > 0  # bicubic blends road and building into colours of no class; nearest never does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from cityscapes_filters import compare
+
+    edge = Image.fromarray(np.where(np.arange(64) < 21, 0, 255).astype(np.uint8)[None, :, None].repeat(32, 0).repeat(3, 2))
+    same = compare(edge, ["nearest", "nearest"], label=True)["nearest"]
+    assert same == {"mean_abs": 0.0, "share_changed": 0.0, "share_off_palette": 0.0}

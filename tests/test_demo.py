@@ -1,38 +1,28 @@
-"""The demo's check that training learns (README, "The demo"): a better ground-truth score than the
-identity mapping, at two sizes.
+"""The demo's wiring: `make demo` writes the dataset that experiments/demo.yaml trains on.
 
-Default suite: the demo's FastCUT cell stopped after its first epoch (200 steps, about 20 s). The `slow`
-test runs the demo's whole CUT cell (1200 steps, about 2 minutes). Both train in deterministic mode, so
-they give the demo's own numbers (`make demo`).
+No check of what the demo's models learn is here, on purpose. A GAN's trajectory depends on the CPU's
+float rounding (another CPU, ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA drifts from ours within tens of
+steps, much as another seed does), so such a check belongs in the suite only if it holds for every seed
+measured, by a margin wider than the seeds' spread. None of the demo's results does yet (docs/demo.md):
+FastCUT after one epoch scored gt_score 0.061 on one machine and 0.012 on another against the identity's
+0.047, and the whole CUT cell, which beat the identity with seed 0 (0.153 there, 0.114 here), scored
+0.036 and 0.010 with seeds 1 and 2. The targets of issue #15 and the study towards settings that meet them are in
+docs/demo.md; tools/demo_study.py checks candidates against them for several seeds.
 """
-import dataclasses
+from __future__ import annotations
+
 from pathlib import Path
 
-import pytest
-
-from qsattn.pipeline import run_cell
-from qsattn.synthetic import generate, score_translation
+from qsattn.synthetic import DEMO_DATASET
 from slurm.grid import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _demo_cell_scores(method: str, tmp_path, **changes) -> tuple[dict, dict]:
-    """(trained metrics, identity scores) of the demo grid's cell for `method`, on the demo's dataset."""
-    (cell,) = [c for c in expand(ROOT / "experiments" / "demo.yaml") if c.method == method]
-    data = generate(tmp_path / "data" / "synthetic", size=32, seed=0)  # as `make demo` writes it
-    cfg = dataclasses.replace(cell.config, data_root=str(tmp_path / "data"), run_root=str(tmp_path / "runs"),
-                              tracking_uri="off", keep_epoch_checkpoints=0, **changes)
-    return run_cell(cfg, progress=False)["metrics"], score_translation(data / "testA", data)
-
-
-def test_one_epoch_of_fastcut_beats_the_identity_mapping(tmp_path):
-    trained, identity = _demo_cell_scores("fastcut", tmp_path, max_steps=200)
-    assert trained["gt_score_last"] > identity["gt_score"], (trained, identity)
-    assert trained["stripe_score_last"] > 3 * identity["stripe_score"], (trained, identity)  # stripes learned
-
-
-@pytest.mark.slow
-def test_the_demos_cut_cell_beats_the_identity_mapping(tmp_path):
-    trained, identity = _demo_cell_scores("cut", tmp_path)
-    assert trained["gt_score_last"] > identity["gt_score"], (trained, identity)
+def test_the_demo_grid_trains_on_the_dataset_make_demo_writes():
+    cells = expand(ROOT / "experiments" / "demo.yaml")
+    assert sorted(c.method for c in cells) == ["cut", "fastcut", "qsattn-global"]
+    for cell in cells:
+        assert (cell.config.dataset, cell.config.crop_size, cell.config.load_size) == (
+            "synthetic", DEMO_DATASET["size"], DEMO_DATASET["size"])
+    assert "synthetic --out datasets/synthetic --demo" in (ROOT / "Makefile").read_text()

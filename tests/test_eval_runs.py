@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def qsattn(*args, cwd):
     return subprocess.run([sys.executable, "-m", "qsattn", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
 
 class PooledProjection:
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     generate(root / "datasets" / "synthetic", size=32, n_train=6, n_test=3)
     values = {"data_root": str(root / "datasets"), "run_root": str(root / "runs"), "tracking_uri": "off",
               "ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32, "load_size": 32,
-              "n_epochs": 1, "n_epochs_decay": 1, "keep_epoch_checkpoints": 1, "sample_every": 0}
+              "n_epochs": 1, "n_epochs_decay": 1, "keep_epoch_checkpoints": 1, "sample_every": 0, "num_threads": 1}
     run_dir = train(resolve(values), progress=False)
     return root, values, run_dir
 
@@ -177,3 +177,73 @@ def test_self_check_compares_each_published_fid_in_its_own_mode(tmp_path, capsys
     assert check_expected(name, {"metrics": {"fid_standin_clean": 43.71, "fid_standin_legacy_pytorch": 45.51}},
                           csv) == 1
     assert "not scored" in capsys.readouterr().out
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (no oversubscription of shared cores), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_legacy_inception(path: Path) -> None:
+    """A pytorch-fid-layout Inception file with random weights (stand-in weights: not the published file)."""
+    from cleanfid import inception_pytorch
+
+    original = inception_pytorch.load_state_dict_from_url
+    inception_pytorch.load_state_dict_from_url = lambda *a, **k: sys._getframe(1).f_locals["inception"].state_dict()
+    try:
+        torch.manual_seed(0)
+        torch.save(inception_pytorch.fid_inception_v3().state_dict(), path)
+    finally:
+        inception_pytorch.load_state_dict_from_url = original
+
+
+@pytest.mark.slow  # a random-weight Inception is built and run on the CPU: minutes on 2 shared cores
+def test_the_released_model_self_check_end_to_end_with_stand_in_weights(tmp_path, monkeypatch, capsys, one_thread):
+    """`eval --released NAME --expect CSV` on a tiny released-style checkpoint and a 3-image Horse->Zebra
+    stand-in, through the real legacy_pytorch pipeline with random Inception weights pinned for the test:
+    exit 1 when the published value is off by more than 0.02 (the result is still written), and the same
+    comparison passes within 0.02."""
+    import eval.fid as fidmod
+    from eval.released import check_expected
+    from qsattn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    generate(tmp_path / "datasets" / "horse2zebra", size=32, n_train=2, n_test=3)
+    folder = tmp_path / "checkpoints" / "released" / "horse2zebra_cut_pretrained"
+    folder.mkdir(parents=True)
+    torch.save(torch.load(FIXTURES / "parity_common.pt", weights_only=True)["G"], folder / "latest_net_G.pth")
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    _random_legacy_inception(weights)
+    csv = tmp_path / "expected.csv"
+    csv.write_text("method,dataset,fid_mode,value,source\nCUT,horse2zebra,legacy_pytorch,9999,test\n")
+    args = ["eval", "--released", "horse2zebra_cut_pretrained", "--fid-modes", "legacy_pytorch", "--device", "cpu",
+            "--inception-weights", f"legacy_pytorch={weights}", "--cache-dir", str(tmp_path / "cache"),
+            "--out", "r.json", "--expect", str(csv)]
+    assert main(args) == 2 and "is not the Inception file" in capsys.readouterr().err   # not the pinned file
+    monkeypatch.setitem(fidmod.PINNED_SHA256, "legacy_pytorch", fidmod.sha256_file(weights))
+    assert main(args) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("FAIL")
+    result = json.loads(Path("r.json").read_text())
+    assert result["protocol"]["fid_kid_legacy_pytorch"]["n_generated"] == 3
+    ours = result["metrics"]["fid_legacy_pytorch"]
+    csv.write_text(f"method,dataset,fid_mode,value,source\nCUT,horse2zebra,legacy_pytorch,{ours + 0.015:.4f},test\n")
+    assert check_expected("horse2zebra_cut_pretrained", result, csv) == 0
+
+
+def test_a_cityscapes_set_without_labels_is_scored_by_fid_with_the_reason_segmentation_was_skipped(tmp_path):
+    """CUT's cityscapes_val_for_CUT has no label maps: FID/KID, and the protocol says why no mAP."""
+    from qsattn.pipeline import evaluate_checkpoint
+
+    generate(tmp_path / "cityscapes_val_for_cut", size=32, n_train=1, n_test=3)
+    ckpt = tmp_path / "latest_net_G.pth"
+    torch.save(torch.load(FIXTURES / "parity_common.pt", weights_only=True)["G"], ckpt)
+    cfg = resolve({"method": "cut", "dataset": "cityscapes_val_for_cut", "data_root": str(tmp_path),
+                   "crop_size": 32, "load_size": 32})
+    out = evaluate_checkpoint(cfg, ckpt, tmp_path / "out", progress=False, feature_extractor=PooledProjection(),
+                              cache_dir=tmp_path / "cache", extra={"num_workers": 0})
+    assert {"fid_standin_clean", "fid_standin_legacy_pytorch"} <= set(out["metrics"]) and "mAP" not in out["metrics"]
+    assert "no label maps" in out["protocol"]["cityscapes_seg"]["skipped"]

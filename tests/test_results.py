@@ -85,10 +85,11 @@ def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: 
             losses["NCE_Y"] = 1.4 / math.sqrt(step)
         tracker.log_metrics(losses, step)
     if state == "failed":
-        tracker.set_tags({"last_status": "FAILED"})  # train(): the run stays open for a resume
+        tracker.finish("FAILED")  # train(): the run ends FAILED; a resume sets it RUNNING again
         return run_dir
     if state == "running":
-        return run_dir  # running while the caller holds its run-folder lock, as a training process does
+        assert tracker.flush()  # running while the caller holds its run-folder lock, as a training process does
+        return run_dir
     tracker.finish("FINISHED")
     metric = _metric(dataset)
     last, best = last_value(method, dataset, seed), best_value(method, dataset, seed)
@@ -382,6 +383,9 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(grid["defaults"]["experiment"]).experiment_id])
+    (sweep_run,) = [r for r in runs if r.data.tags.get("qsattn.kind") == "sweep"]  # holds the report
+    assert "report/table1.md" in [a.path for a in client.list_artifacts(sweep_run.info.run_id, "report")]
+    runs = [r for r in runs if r is not sweep_run]
     assert sorted(r.data.tags["method"] for r in runs) == sorted(grid["methods"])
     numbers = pd.read_csv(tmp_path / "report" / "table1_numbers.csv")
     for run in runs:
@@ -389,6 +393,28 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
             row = _cell(numbers, run.data.tags["method"], "synthetic", "gt_score", which)
             assert row.n == 1 and row["mean"] == pytest.approx(run.data.metrics[f"gt_score_{which}"])
     assert (load_runs(uri, grid["defaults"]["experiment"]).drop_duplicates("run_id")["status"] == "finished").all()
+    from qsattn.synthetic import reference_scores  # the scores to beat, rows of the table (docs/demo.md)
+    from results.report import REFERENCE_LABELS
+
+    for name, scores in reference_scores(tmp_path / "datasets" / "synthetic").items():
+        assert _cell(numbers, REFERENCE_LABELS[name], "synthetic", "gt_score", "last")["mean"] == pytest.approx(
+            scores["gt_score"])
+        assert REFERENCE_LABELS[name] in printed
     for stem in ("primary_metric", "loss_curves", "checkpoint_curves", "qualitative_synthetic"):
         assert (tmp_path / "report" / f"{stem}.png").stat().st_size > 20_000, stem
         assert (tmp_path / "report" / f"{stem}.pdf").stat().st_size > 2_000, stem
+
+
+def test_released_table_has_a_real_photos_row_for_the_segmentation_upper_bound(tmp_path):
+    from results.released import REAL_PHOTOS
+    from results.report import REAL_PHOTOS_ROW, load_paper, load_released, table1_numbers
+
+    (tmp_path / f"{REAL_PHOTOS}.json").write_text(json.dumps(
+        {"metrics": {"mAP": 62.1, "pixAcc": 90.2, "classAcc": 70.3},
+         "protocol": {"cityscapes_seg": {"segmenter": "drn_d_22"}}}))
+    (tmp_path / "cityscapes_cut_pretrained.json").write_text(json.dumps(
+        {"metrics": {"fid_legacy_pytorch": 56.4}, "protocol": {"cityscapes_seg": {"skipped": "no label maps"}}}))
+    df = load_released(tmp_path)
+    numbers = table1_numbers(df, load_paper())
+    assert _cell(numbers, REAL_PHOTOS_ROW, "cityscapes", "mAP", "last")["mean"] == 62.1
+    assert set(df.loc[df.method == REAL_PHOTOS_ROW, "drn_arch"]) == {"drn_d_22"}

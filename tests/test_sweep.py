@@ -196,3 +196,33 @@ def test_progress_json_is_what_status_and_the_waiting_sweep_show(tmp_path, synth
     assert "estimate for 1 cells" in table and any(x.split()[:1] == ["method"] and x.split()[-1] == "left"
                                                    for x in table.splitlines())
     assert line.endswith("cut-synthetic-s0: step 300/1200 (25%), 0.25 s/step, ETA 3m45s\n")
+
+
+@pytest.mark.slow  # a sweep, then an eval sweep: about a minute on 2 cores (the in-process proof is in test_eval_runs)
+def test_stage_eval_rescores_trained_cells_under_the_grids_new_evaluation_keys_without_training(
+        tmp_path, synthetic_root, capsys, monkeypatch):
+    """A finished sweep, then its grid's evaluation keys changed and `--stage eval`: the same cells (the cell
+    id ignores evaluation keys) are scored again, nothing trains, and a cell never trained is left alone."""
+    import qsattn.train
+
+    grid = make_grid(tmp_path, synthetic_root, max_steps=8, keep_epoch_checkpoints=1)
+    assert cli(["sweep", str(grid), "--cluster", "debug"]) == 0
+    run_dir = Path(next(iter(status_rows(grid, capsys).values()))["run_dir"])
+    first = json.loads((run_dir / "metrics.json").read_text())
+    assert "gt_score_best" in first["metrics"] and first["protocol"]["checkpoints"]["scored"] == "all"
+    stamps = {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
+
+    monkeypatch.setattr(qsattn.train, "train", lambda *a, **k: pytest.fail("--stage eval must not train"))
+    changed = yaml.safe_load(grid.read_text())
+    changed["defaults"]["eval_checkpoints"] = "last"
+    changed["methods"] = ["cut", "fastcut"]          # fastcut: never trained
+    grid.write_text(yaml.safe_dump(changed, sort_keys=False))
+    capsys.readouterr()
+    assert cli(["sweep", str(grid), "--cluster", "debug", "--stage", "eval"]) == 0
+    out = capsys.readouterr().out
+    assert "fastcut-synthetic-s0: not trained" in out and "1 trained cells re-scored" in out and "GPU-hours" not in out
+    second = json.loads((run_dir / "metrics.json").read_text())
+    assert second["protocol"]["checkpoints"]["scored"] == "last" and "gt_score_best" not in second["metrics"]
+    assert second["metrics"]["gt_score_last"] == pytest.approx(first["metrics"]["gt_score_last"])
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()} == stamps
+    assert not any(Path(r["run_dir"]).exists() for n, r in status_rows(grid, capsys).items() if n.startswith("fastcut"))

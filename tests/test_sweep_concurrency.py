@@ -82,8 +82,9 @@ def test_records_left_by_a_dead_or_unrelated_process_never_say_running(tmp_path,
     (cell,) = expand(grid)
     # a job that was killed: its MLflow run is left RUNNING and its record names a live pid that is not
     # training (here, this test's own process)
-    open_tracker(cell.config, cell.run_dir, {"method": "cut", "dataset": "synthetic", "seed": 0,
-                                             "run_dir": str(cell.run_dir)})
+    tracker = open_tracker(cell.config, cell.run_dir, {"method": "cut", "dataset": "synthetic", "seed": 0,
+                                                       "run_dir": str(cell.run_dir)})
+    assert tracker.flush(), "the run is in MLflow (the tracker sends in the background)"
     write_record(cell.run_dir, "started", job_id=str(os.getpid()), pid=os.getpid())
     (row,) = status_rows(grid, capsys).values()
     assert row["state"] == "interrupted"

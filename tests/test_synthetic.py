@@ -170,3 +170,66 @@ def test_cli_generates_and_scores(tmp_path, capsys):
 def test_cli_errors_say_what_to_do_without_a_traceback(tmp_path, capsys):
     assert main(["synthetic", "--out", str(tmp_path / "nothing"), "--score", str(tmp_path)]) == 2
     assert "python -m qsattn synthetic --out" in capsys.readouterr().err
+
+
+def test_a_hint_paints_the_b_stripes_faintly_into_the_a_shape(dataset, tmp_path):
+    """hint > 0: inside the shape A follows its own ground-truth stripes at hint x their contrast, same
+    background; hint 0 draws the same scenes flat (the test above)."""
+    hinted = synthetic.generate(tmp_path / "h", size=32, n_train=6, n_test=5, seed=0, hint=0.2)
+    flat = np.asarray(Image.open(dataset / "testA" / "000000.png"), dtype=float)
+    a = np.asarray(Image.open(hinted / "testA" / "000000.png"), dtype=float)
+    gt = np.asarray(Image.open(hinted / "testA_gt" / "000000.png"), dtype=float)
+    mask = np.asarray(Image.open(hinted / "testA_mask" / "000000.png")) > 127
+    assert np.array_equal(a[~mask], flat[~mask])
+    assert (np.asarray(Image.open(dataset / "testA_gt" / "000000.png")) == gt).all()  # B side unchanged
+    # the A shape is its flat colour + 0.2 * (stripe - 127.5), rounded and clipped
+    expected = np.clip(np.rint(flat[mask] + 0.2 * (gt[mask] - 127.5)), 0, 255)
+    assert np.array_equal(a[mask], expected)
+    with pytest.raises(ValueError, match="hint"):
+        synthetic.generate(tmp_path / "bad", size=32, hint=1.5)
+
+
+def test_reference_scores_are_the_scores_of_those_translations(dataset, tmp_path):
+    _predict(dataset, tmp_path / "identity", "testA")
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    for p in (dataset / "testA").iterdir():
+        shutil.copy(dataset / synthetic.FIXED_STRIPED, fixed / p.name)
+    refs = synthetic.reference_scores(dataset)
+    assert refs["identity"] == synthetic.score_translation(tmp_path / "identity", dataset)
+    assert refs["fixed_striped"] == synthetic.score_translation(fixed, dataset)
+    assert refs["fixed_striped"]["stripe_score"] > 0.3 and refs["fixed_striped"]["shape_iou"] < 0.6
+
+
+def test_the_demo_flag_writes_the_demo_dataset(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["synthetic", "--out", str(out), "--demo", "--n-train", "2", "--n-test", "2"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["size"], meta["hint"]) == (synthetic.DEMO_DATASET["size"], synthetic.DEMO_DATASET["hint"])
+
+
+def test_a_texture_lies_over_both_domains_background_and_keeps_the_ground_truth_exact(dataset, tmp_path):
+    """texture > 0: a smooth field (std `texture` grey levels) over A and the B background; A and its
+    ground truth still share the background pixel for pixel, so the ground truth still scores 1."""
+    textured = synthetic.generate(tmp_path / "t", size=32, n_train=6, n_test=5, seed=0, texture=6)
+    flat = np.asarray(Image.open(dataset / "testA" / "000000.png"), dtype=float)
+    a = np.asarray(Image.open(textured / "testA" / "000000.png"), dtype=float)
+    gt = np.asarray(Image.open(textured / "testA_gt" / "000000.png"), dtype=float)
+    mask = np.asarray(Image.open(textured / "testA_mask" / "000000.png")) > 127
+    assert np.array_equal(a[~mask], gt[~mask])
+    field = (a - flat)[..., 0]
+    assert np.array_equal(field, (a - flat)[..., 1])  # one luminance field for the three channels
+    assert 3 < field[~mask].std() < 12 and np.abs(np.diff(field, axis=1)).mean() < 3  # about 6 levels, smooth
+    _predict(textured, tmp_path / "gt", "testA_gt")
+    assert synthetic.score_translation(tmp_path / "gt", textured)["gt_score"] == pytest.approx(1.0)
+
+
+def test_the_shuffled_control_tells_an_input_independent_answer_from_a_translation(dataset, tmp_path):
+    """One fixed image for every input scores the same shuffled; the ground truth loses most of its score."""
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    for p in (dataset / "testA").iterdir():
+        shutil.copy(dataset / synthetic.FIXED_STRIPED, fixed / p.name)
+    assert synthetic.shuffled_score(fixed, dataset) == synthetic.score_translation(fixed, dataset)
+    _predict(dataset, tmp_path / "gt", "testA_gt")
+    assert synthetic.shuffled_score(tmp_path / "gt", dataset)["gt_score"] < 0.5

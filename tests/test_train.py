@@ -136,7 +136,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(data_root, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("qsattn").experiment_id])
     assert len(runs) == 1
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "G")] == [2, 4]
-    assert runs[0].data.tags["method"] == "qsattn-global" and runs[0].data.params["ngf"] == "8"
+    assert runs[0].data.tags["method"] == "qsattn-global" and runs[0].data.params["networks/ngf"] == "8"
 
 
 def test_a_stop_request_saves_at_the_next_step_and_loses_nothing(data_root, tmp_path, monkeypatch):
