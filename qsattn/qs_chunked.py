@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qsattn.sampler import _gather_rows, row_entropy, select_rows
+from qsattn.selection import gather_rows, row_entropy, select_rows
 
 
 MIN_ROWS = 64
@@ -67,7 +67,7 @@ def global_rows(f: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     short GEMMs round differently), so the rows are the naive ones bit for bit."""
     n, pad = ids.shape[1], max(0, min(MIN_ROWS, f.shape[1]) - ids.shape[1])
     rows = torch.cat([ids, ids[:, :1].expand(-1, pad)], dim=1) if pad else ids
-    return torch.bmm(_gather_rows(f, rows), f.transpose(1, 2)).softmax(dim=2)[:, :n]
+    return torch.bmm(gather_rows(f, rows), f.transpose(1, 2)).softmax(dim=2)[:, :n]
 
 
 def global_select(f: torch.Tensor, n: int, selection: str = "entropy", chunk: int = 1024):

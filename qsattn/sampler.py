@@ -31,7 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qsattn import qs_chunked as qc
 from qsattn.networks import init_weights
+from qsattn.selection import gather_rows, row_entropy, select_rows
 
 QS_MODES = ("none", "global", "local", "global+local")
 
@@ -39,28 +41,6 @@ QS_MODES = ("none", "global", "local", "global+local")
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """Official `Normalize(2)`: x / (‖x‖ + 1e-7) over dim 1."""
     return x / (x.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7)
-
-
-def row_entropy(attn: torch.Tensor) -> torch.Tensor:
-    """Σ −a log a over the last axis; entries whose log is −inf count as 0 (official formula)."""
-    neg_log = -torch.log(attn)
-    neg_log = torch.where(torch.isinf(neg_log), torch.zeros_like(neg_log), neg_log)
-    return (attn * neg_log).sum(-1)
-
-
-def select_rows(entropy: torch.Tensor, n: int, selection: str) -> torch.Tensor:
-    """(B, L) -> (B, n) row indices: lowest entropy first, or random rows (the ablation)."""
-    if selection == "entropy":
-        return torch.sort(entropy, dim=1).indices[:, :n]
-    if selection == "random":
-        B, L = entropy.shape
-        return torch.stack([torch.randperm(L, device=entropy.device)[:n] for _ in range(B)])
-    raise ValueError(f"unknown qs_selection '{selection}' (entropy | random)")
-
-
-def _gather_rows(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """x (B, L, ...), ids (B, N) -> (B, N, ...)."""
-    return x[torch.arange(x.shape[0], device=x.device)[:, None], ids]
 
 
 # --- global ---------------------------------------------------------------------------------------
@@ -74,7 +54,7 @@ def global_select(f: torch.Tensor, n: int, selection: str = "entropy"):
     """-> ids (B, n), attention rows (B, n, HW)."""
     attn = global_attention(f)
     ids = select_rows(row_entropy(attn), n, selection)
-    return ids, _gather_rows(attn, ids)
+    return ids, gather_rows(attn, ids)
 
 
 # --- local ----------------------------------------------------------------------------------------
@@ -109,7 +89,7 @@ def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection
     """-> ids (B, n), local attention rows (B, n, k²)."""
     attn = local_attention(feat, window, layout)
     ids = select_rows(row_entropy(attn), n, selection)
-    return ids, _gather_rows(attn, ids)
+    return ids, gather_rows(attn, ids)
 
 
 def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str,
@@ -123,7 +103,7 @@ def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str
     B, C = feat.shape[:2]
     n, kk = ids.shape[1], window * window
     if layout == "corrected":
-        return _gather_rows(local_windows(feat, window, layout), ids)
+        return gather_rows(local_windows(feat, window, layout), ids)
     num_patches = n if num_patches is None else num_patches
     unfolded = F.unfold(feat, kernel_size=window, padding=window // 2)
     picked = unfolded[torch.arange(B, device=feat.device)[:, None], :, ids]  # (B, n, C·k²)
@@ -202,14 +182,12 @@ class PatchSampleF(nn.Module):
                 ids, attn = global_select(f, n, self.selection)
             else:
                 ids, attn_local = local_select(feat, n, self.window, self.local_layout, self.selection)
-                attn = attn_local if mode == "local" else _gather_rows(global_attention(f), ids)
+                attn = attn_local if mode == "local" else gather_rows(global_attention(f), ids)
         if mode == "local":
             return route_local(attn, local_values(feat, ids, self.window, self.local_layout, n)), ids, attn
         return torch.bmm(attn, f).flatten(0, 1), ids, attn
 
     def _query_selected_chunked(self, feat, f, ids, attn):
-        from qsattn import qs_chunked as qc
-
         n, mode, k, layout = self.num_patches, self.qs_mode, self.window, self.local_layout
         if attn is None:
             if mode == "global":

@@ -9,6 +9,7 @@ from qsattn import sampler as naive
 from qsattn.config import resolve
 from qsattn.model import create_state, nce_loss, train_step
 from qsattn.sampler import PatchSampleF
+from qsattn.selection import gather_rows
 from qsattn.float_bounds import check_selection, entropy_bound, global_rows, local_rows, softmax_bound
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -76,7 +77,7 @@ def _select_route(impl, mode, feat, n, layout, chunk):
     ids, attn = m.local_select(feat, n, 7, layout, **kw)
     if mode == "local":
         return ids, torch.matmul(attn.unsqueeze(2), m.local_values(feat, ids, 7, layout)).squeeze(2)
-    attn = naive._gather_rows(naive.global_attention(f), ids) if impl == "naive" else qc.global_rows(f, ids)
+    attn = gather_rows(naive.global_attention(f), ids) if impl == "naive" else qc.global_rows(f, ids)
     return ids, torch.bmm(attn, f)
 
 
@@ -229,7 +230,7 @@ def test_selected_rows_are_bitwise_the_naive_rows(n):
         feat = features(B, 64, 16, "saturated", seed=n)  # C=64: an unpadded 1-row GEMM rounds otherwise
         f = feat.flatten(2).transpose(1, 2)
         ids = torch.stack([torch.randperm(256, generator=torch.Generator().manual_seed(b))[:n] for b in range(B)])
-        assert torch.equal(qc.global_rows(f, ids), naive._gather_rows(naive.global_attention(f), ids))
+        assert torch.equal(qc.global_rows(f, ids), gather_rows(naive.global_attention(f), ids))
         for layout in LAYOUTS:
-            ref = naive._gather_rows(naive.local_attention(feat, 7, layout), ids)
+            ref = gather_rows(naive.local_attention(feat, 7, layout), ids)
             assert torch.equal(qc.local_rows(feat, ids, 7, layout), ref), (B, layout)
