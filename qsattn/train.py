@@ -231,7 +231,6 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
             sample_grid(state, real_A.to(device), real_B.to(device), run.dir / "samples" / "final.png")
             tracker.log_image(run.dir / "samples" / "final.png", "train_samples", state.step)
         tracker.set_tags({"weights": str((run.dir / "latest_net_G.pth").absolute())})  # the final generator
-        atomic_write_text(run.done, f"step {state.step}\n")
         status = "FINISHED"
     except (KeyboardInterrupt, Stopped):
         status = "KILLED"  # stopped (SIGTERM, SIGINT, preemption): resumable from run.latest
@@ -240,6 +239,9 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
         RUNNING.clear()
         bar.close()
         tracker.finish(status)  # a resume sets it RUNNING again
+    # DONE last: a run stopped while its tracking is being sent (a preemption) is not finished, and its
+    # resume (nothing left to train) sends the rest into the same MLflow run
+    atomic_write_text(run.done, f"step {state.step}\n")
     return run.dir
 
 

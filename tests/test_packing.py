@@ -108,7 +108,8 @@ def test_a_packed_sweep_gives_the_unpacked_results_and_a_failing_cell_leaves_its
     assert len({(r["job_id"], r["pack"]) for r in [*good, bad]}) == 1 and good[0]["pack"], "one job, one pack"
     for r in [*good, bad]:  # each cell its own log, records and (when it ran) MLflow run
         assert (Path(r["run_dir"]) / "sweep" / "log.txt").exists()
-    assert "unreadable image" in (Path(bad["run_dir"]) / "sweep" / "log.txt").read_text()
+    log = (Path(bad["run_dir"]) / "sweep" / "log.txt").read_text()
+    assert "DataError: 1 unusable image(s)" in log and "zz_unreadable.png" in log
     assert sorted(r.info.run_id for r in mlflow_runs(tmp_path / "packed")) == sorted(r["mlflow_run_id"] for r in good)
     capsys.readouterr()
     assert cli(["status", str(packed), "--no-mlflow"]) == 0

@@ -108,6 +108,7 @@ def test_final_weights_are_exported_under_the_official_names(data_root, tmp_path
     assert G.model[1].out_channels == 8
 
 
+@pytest.mark.float_paths
 def test_translate_equals_the_official_test_output(tmp_path):
     fx = torch.load(FIXTURES / "parity_translate.pt", weights_only=True)
     common = torch.load(FIXTURES / "parity_common.pt", weights_only=True)
@@ -117,9 +118,17 @@ def test_translate_equals_the_official_test_output(tmp_path):
     subprocess.run([sys.executable, "-m", "qsattn", "translate", "--checkpoint", str(tmp_path / "latest_net_G.pth"),
                     "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--crop-size",
                     str(fx["crop_size"]), "--device", "cpu"], check=True, cwd=ROOT, timeout=120)
-    ours = np.array(Image.open(tmp_path / "out" / "img.png"))
-    official = np.array(Image.open(io.BytesIO(fx["output_png"].numpy().tobytes())))
-    np.testing.assert_array_equal(ours, official)
+    ours = np.array(Image.open(tmp_path / "out" / "img.png")).astype(int)
+    official = np.array(Image.open(io.BytesIO(fx["output_png"].numpy().tobytes()))).astype(int)
+    # Byte-equal except where another CPU's rounding can cross a level: the 8-bit value is
+    # floor((x + 1) / 2 * 255) of G's output x, and test_parity holds x to |dx| <= 1e-6 + 1e-5 |x| <= 1.1e-5
+    # of the official fake_B (on the machine the fixture came from, another float path), i.e. 127.5 * 1.1e-5
+    # = 1.4e-3 levels. Only a pixel whose official value lies that close to an integer may differ, by one.
+    levels = ((fx["fake_B"][0].permute(1, 2, 0).double() + 1) / 2 * 255).numpy()
+    near_a_level = np.minimum(levels % 1, 1 - levels % 1) <= 127.5 * 1.1e-5
+    assert ours.shape == official.shape
+    np.testing.assert_array_equal(ours[~near_a_level], official[~near_a_level])
+    assert np.abs(ours - official)[near_a_level].max(initial=0) <= 1
 
 
 def test_a_resumed_run_continues_the_same_mlflow_run(data_root, tmp_path):
