@@ -48,7 +48,8 @@ def test_bench_repeats_interleaved_with_the_median_and_profiles_the_local_step(t
     prof = saved[2]
     assert prof["table"] == "profile" and len(prof["top_ops"]) == 4
     times = [o["ms_per_step"] for o in prof["top_ops"]]
-    assert times == sorted(times, reverse=True) and all(o["op"].startswith("aten::") for o in prof["top_ops"])
+    # op names only: which kernels lead (aten:: or a oneDNN/MKL op) depends on the CPU's ISA
+    assert times == sorted(times, reverse=True) and all(isinstance(o["op"], str) and o["op"] for o in prof["top_ops"])
     assert "profile: qsattn-local 32 px, impl naive, key_reuse always" in proc.stderr
 
 
