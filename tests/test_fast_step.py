@@ -6,6 +6,7 @@ losses and weights as the plain step within float32 tolerance. GAN training ampl
 1e-7 difference at step 1 is O(1) in the losses by step 20), so in practice only options that keep
 every operation in the same order pass; the others are off by default, and a test says why.
 """
+import contextlib
 import json
 import subprocess
 import sys
@@ -30,13 +31,22 @@ def _data(n=4, size=32, seed=1):
             for _ in range(n)]
 
 
+@contextlib.contextmanager
+def _deterministic():
+    """torch's deterministic algorithms for the block, the previous setting restored after it."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
 def _run(method, overrides, steps=STEPS, odd_step=None):
     """Train `steps` steps from seed 0 on fixed batches; returns (losses per step, final weights, state).
     With odd_step, that step gets a batch of another shape (24 px), as a partial or odd batch would."""
     torch.set_num_threads(1)
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with _deterministic():
         cfg = resolve({"method": method, **SMALL, **overrides})
         torch.manual_seed(0)
         state = M.create_state(cfg, "cpu")
@@ -47,8 +57,6 @@ def _run(method, overrides, steps=STEPS, odd_step=None):
             history.append(torch.stack([losses[k] for k in sorted(losses)]))
         weights = {f"{n}.{k}": v.detach().clone() for n, m in state.modules().items() for k, v in m.state_dict().items()}
         return torch.stack(history), weights, state
-    finally:
-        torch.use_deterministic_algorithms(prev)
 
 
 def _max_weight_diff(a, b):
@@ -209,13 +217,9 @@ def test_a_checkpoint_resumes_with_another_adam_impl(tmp_path, plain_cut):
         assert (group["foreach"], group["fused"]) == (impl == "foreach", impl == "fused")
         assert all(s["step"].dtype == torch.float32 for s in state.opt_G.state.values())
         data = _data()
-        prev = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-        try:
+        with _deterministic():
             for i in range(STEPS // 2, STEPS):
                 M.train_step(state, *data[i % len(data)])
-        finally:
-            torch.use_deterministic_algorithms(prev)
         if impl == "foreach":
             weights = {f"{n}.{k}": v for n, m in state.modules().items() for k, v in m.state_dict().items()}
             assert _max_weight_diff(weights, plain_cut[1]) <= 1e-6
@@ -363,13 +367,9 @@ def test_a_run_resumes_across_the_key_reuse_switch(tmp_path):
     ckpt_io.restore(state, saved)
     data = _data(size=cfg.crop_size)
     torch.set_num_threads(1)
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with _deterministic():
         for i in range(steps // 2, steps):
             M.train_step(state, *data[i % len(data)])
-    finally:
-        torch.use_deterministic_algorithms(prev)
     assert state.exact_keys and all(state.exact_keys.values())
     weights = {f"{n}.{k}": v for n, m in state.modules().items() for k, v in m.state_dict().items()}
     assert all(torch.equal(weights[k], full[1][k]) for k in full[1])
