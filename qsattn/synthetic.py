@@ -246,10 +246,13 @@ def _score_one(pred: np.ndarray, source: np.ndarray, gt: np.ndarray, mask: np.nd
     outside = ~mask
     background = np.median(source[outside], axis=0)
     foreground = np.abs(pred - background).mean(axis=2) > _SHAPE_THRESHOLD
-    iou = float((foreground & mask).sum() / max((foreground | mask).sum(), 1))
+    union = max((foreground | mask).sum(), 1)
+    iou = float((foreground & mask).sum() / union)
     background_l1 = float(np.abs(pred - source)[outside].mean()) if outside.any() else 0.0
     background_ok = max(0.0, 1.0 - background_l1 / _BACKGROUND_TOLERANCE)
     return {"stripe_score": stripe, "shape_iou": iou, "background_l1": background_l1,
+            "shape_false_pos": float((foreground & ~mask).sum() / union),
+            "shape_false_neg": float((~foreground & mask).sum() / union),
             "gt_l1": float(np.abs(pred - gt).mean()), "gt_score": stripe * iou * background_ok}
 
 
@@ -261,6 +264,9 @@ def score_translation(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) 
     - stripe_score: local luminance contrast inside the (eroded) shape, relative to the ground truth,
       capped at 1. A flat fill scores 0.
     - shape_iou: IoU of the true mask with the pixels that differ from the background colour.
+      What it misses splits into shape_false_pos (background pixels that differ from the background
+      colour: noise, colour drift, a halo) and shape_false_neg (shape pixels left near the background
+      colour, e.g. grey stripe edges), as fractions of the same union: iou + false_pos + false_neg = 1.
     - background_l1: mean |pred - input| outside the shape (in [0, 1]; the background must stay).
     - gt_l1: mean |pred - ground truth| over the whole image (stripe phase differences count here).
     - gt_score = stripe_score * shape_iou * max(0, 1 - background_l1 / 0.25): higher is better, 1 for

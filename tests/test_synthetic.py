@@ -279,3 +279,25 @@ def test_the_command_line_takes_the_scales(tmp_path):
                  "--n-train", "1", "--n-test", "1"]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["stripe_scale"], meta["shape_scale"]) == (2.0, 1.4)
+
+
+def test_the_iou_error_splits_into_false_positives_and_negatives(dataset, tmp_path):
+    """The input pasted with its shape shifted: every shape pixel outside the old mask is a false positive,
+    every uncovered mask pixel a false negative; with the union they account for the whole IoU."""
+    pred = tmp_path / "shifted"
+    pred.mkdir()
+    fp = fn = 0.0
+    for p in sorted((dataset / "testA").iterdir()):
+        gt = np.asarray(Image.open(dataset / "testA_gt" / p.name))
+        mask = np.asarray(Image.open(dataset / "testA_mask" / p.name)) > 127
+        shifted = np.roll(mask, 3, axis=1)  # shapes sit in the middle half: no wrap-around at 32 px
+        out = np.asarray(Image.open(p)).copy()
+        out[mask] = np.median(out[~mask], axis=0).astype(np.uint8)
+        out[shifted] = gt[mask][0]  # one stripe colour: black or white, both far from the background
+        Image.fromarray(out).save(pred / p.name)
+        union = (mask | shifted).sum()
+        fp += (shifted & ~mask).sum() / union / 5
+        fn += (mask & ~shifted).sum() / union / 5
+    scores = synthetic.score_translation(pred, dataset)
+    assert scores["shape_false_pos"] == pytest.approx(fp) and scores["shape_false_neg"] == pytest.approx(fn)
+    assert scores["shape_iou"] + scores["shape_false_pos"] + scores["shape_false_neg"] == pytest.approx(1.0)
