@@ -214,7 +214,7 @@ _EXACT = {"__get__", "__getitem__", "view", "reshape", "flatten", "unflatten", "
           "unsqueeze", "squeeze", "expand", "expand_as", "contiguous", "clone", "detach", "to", "double", "float",
           "cat", "stack", "pad", "unfold", "relu", "relu_", "masked_fill", "where", "gather", "index_select",
           "narrow", "select", "split", "chunk", "flip", "repeat", "max", "amax", "min", "amin", "sort", "topk",
-          "argsort", "eye", "zeros", "zeros_like", "ones_like", "full_like", "new_zeros", "new_full",
+          "argsort", "eye", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "new_zeros", "new_full",
           "__neg__", "neg", "abs", "isinf", "isfinite", "dim", "size", "numel", "__len__", "__iter__"}
 
 

@@ -71,3 +71,4 @@ def test_an_op_without_a_rule_or_a_float32_computation_is_refused():
     with pytest.raises(TypeError, match="needs a float64 computation"):
         with FirstOrderBound():
             x.float().sum()
+
