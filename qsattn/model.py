@@ -7,6 +7,7 @@ Speed options (config "speed" section) change how the step runs, not what it com
 labelled "changes numerics": `key_reuse` takes the key-side NCE features from G's forward pass,
 `adam_impl` picks torch's Adam kernels, `compile` runs the three pieces of
 the step (G forward, D loss, G/F loss) through torch.compile, `amp` autocasts them to bfloat16, and
+`flush_denormal` runs the G/F backward with subnormals flushed (qsattn/denormals.py), and
 `configure_backends` sets the process-wide cuDNN / TF32 switches. The compiled variant of the step lives
 in qsattn/compiled_step.py.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from qsattn.denormals import flushed
 from qsattn.losses import gan_loss, patch_nce_loss
 from qsattn.networks import build_discriminator, build_generator
 from qsattn.sampler import PatchSampleF, build_sampler
@@ -278,7 +280,8 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     state.opt_F.zero_grad(set_to_none=True)
     with amp:
         losses = loss_G_fn(state, real_A, real_B, fake_B, idt_B, flipped, keys=keys)
-    losses["G"].backward()
+    with flushed(getattr(cfg, "flush_denormal", False), real_A.device):
+        losses["G"].backward()
     state.opt_G.step()
     state.opt_F.step()
     state.step += 1
