@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from qsattn.errors import UserError
-from qsattn.run_folder import RunFolder, read_records
-from qsattn.tracking import SWEEP_KIND
+from qsattn.engine.run_folder import RunFolder, read_records
+from qsattn.engine.tracking import SWEEP_KIND
 from results.references import REFERENCE_LABELS, synthetic_references
 from results.naming import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, dataset_id, in_order, method_id,
                             method_order, metric_id, row_label, table_metrics, with_mode)
@@ -102,7 +102,7 @@ def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
 
 def _variant(run_name: str, method: str, dataset: str, seed) -> str:
     """The ablation label in a sweep's run name '<method>-<dataset>-s<seed>[-<label>]-<id8>' ('' if none)."""
-    from qsattn.tracking import variant_of
+    from qsattn.engine.tracking import variant_of
 
     return variant_of(run_name, method, dataset, seed)
 
@@ -159,7 +159,7 @@ def load_runs(tracking_uri: str = "", experiment: str = "qsattn") -> pd.DataFram
     no metric yet has one row with metric NaN, so that it still counts as run."""
     from mlflow import MlflowClient
 
-    from qsattn.tracking import resolve_uri
+    from qsattn.engine.tracking import resolve_uri
 
     uri = resolve_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
@@ -677,7 +677,7 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if df.attrs.get("source") == "mlflow":
-        from qsattn.tracking import log_report
+        from qsattn.engine.tracking import log_report
 
         log_report(df.attrs["tracking_uri"], df.attrs["experiment"], list(paths.values()))
     print(paths["md"].read_text(encoding="utf-8"))

@@ -15,10 +15,10 @@ import warnings
 import pytest
 import torch
 
-from qsattn import checkpoint as ckpt_io
+from qsattn.engine import checkpoint as ckpt_io
 from qsattn import compiled_step
 from qsattn import model as M
-from qsattn.config import Config, ConfigError, resolve
+from qsattn.engine.config import Config, ConfigError, resolve
 
 SMALL = {"ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32, "deterministic": True}
 PLAIN = {"adam_impl": "plain", "pin_memory": False}
@@ -92,7 +92,7 @@ def test_foreach_adam_matches_plain_for_qsattn_global():
 def test_fused_adam_is_not_identical_so_it_is_off_by_default(plain_cut):
     # Fused Adam rounds differently; the conv biases in front of InstanceNorm have pure-rounding-noise
     # gradients that Adam scales up to ±lr updates, and the GAN amplifies the rest. If a torch release
-    # makes this identical, turn it on by default (qsattn/config.py) and flip this test.
+    # makes this identical, turn it on by default (qsattn/engine/config.py) and flip this test.
     losses, weights, _ = _run("cut", {**PLAIN, "adam_impl": "fused"})
     assert _max_weight_diff(weights, plain_cut[1]) > 1e-5
     assert Config.adam_impl != "fused"
@@ -193,7 +193,7 @@ def test_cudnn_benchmark_is_forced_off_when_deterministic():
 
 
 def test_host_batches_reach_the_device_unchanged():
-    from qsattn.train import to_device
+    from qsattn.engine.train import to_device
 
     batch = _data(1)[0]
     out = to_device(batch, torch.device("cpu"), pin_memory=True)  # pinning applies to CUDA targets only

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsattn import checkpoint as ckpt_io
-from qsattn.config import resolve
+from qsattn.engine import checkpoint as ckpt_io
+from qsattn.engine.config import resolve
 from qsattn.model import create_state, discriminator_loss, generator_loss, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
@@ -58,8 +58,8 @@ def test_chunked_selects_what_naive_selects_on_cuda(method):
 
 
 def test_training_resumes_and_translates_on_cuda(tmp_path):
-    from qsattn.synthetic import generate
-    from qsattn.train import train
+    from qsattn.data.synthetic import generate
+    from qsattn.engine.train import train
 
     generate(tmp_path / "data" / "synthetic", size=32, n_train=6, n_test=2)
     base = {"data_root": str(tmp_path / "data"), "run_root": str(tmp_path / "runs"), "tracking_uri": "off",
@@ -109,7 +109,7 @@ def _gpu_run(overrides, steps=50, deterministic=True, odd_step=None):
         g = torch.Generator().manual_seed(1)
         data = [(torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.rand(1, 3, 64, 64, generator=g) * 2 - 1) for _ in range(4)]
         odd = (torch.rand(1, 3, 48, 48, generator=g) * 2 - 1, torch.rand(1, 3, 48, 48, generator=g) * 2 - 1)
-        from qsattn.train import to_device
+        from qsattn.engine.train import to_device
 
         history = []
         for i in range(steps):

@@ -159,7 +159,7 @@ OPEN_FILE_CYCLES = {
 }
 OPEN_PACKAGE_CYCLES = {
     # eval -> qsattn: EvalError's base and did_you_mean (qsattn.errors), the CLI's --run (config, pipeline),
-    # the synthetic ground truth (qsattn.synthetic), the FID modes (qsattn.config); qsattn -> eval: the
+    # the synthetic ground truth (qsattn.data.synthetic), the FID modes (qsattn.engine.config); qsattn -> eval: the
     # pipeline scores; eval -> results: released.py reads the published names (results.naming); slurm and
     # results join through them (slurm -> eval: the preflight; results -> slurm: the folders' status)
     frozenset({"qsattn", "eval", "results", "slurm"}): "the engine and the metrics, until the engine has its own room",

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qsattn.config import ConfigError, resolve
+from qsattn.engine.config import ConfigError, resolve
 from qsattn.losses import patch_nce_loss
-from qsattn.methods import METHODS
+from qsattn.engine.methods import METHODS
 from qsattn.model import create_state, nce_loss, train_step
 from qsattn.networks import build_discriminator, build_generator, generator_from_state_dict
 from qsattn.sampler import (PatchSampleF, global_select, local_select, local_values, local_windows,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsattn.config import resolve
+from qsattn.engine.config import resolve
 from qsattn.float_bounds import check_selection, entropy_bound, global_rows, local_rows, softmax_bound
 from qsattn.model import create_state, discriminator_loss, generator_loss, nce_loss
 

@@ -6,7 +6,7 @@ import torch
 
 from qsattn import qs_chunked as qc
 from qsattn import sampler as naive
-from qsattn.config import resolve
+from qsattn.engine.config import resolve
 from qsattn.model import create_state, nce_loss, train_step
 from qsattn.sampler import PatchSampleF
 from qsattn.selection import gather_rows

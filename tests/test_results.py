@@ -1,7 +1,7 @@
 """The report (results/): Table 1 from a sweep's MLflow runs, checked against the logged values.
 
-A small SQLite MLflow store is filled the way training (qsattn/train.py) and the cell pipeline
-(qsattn/pipeline.py) log: same tracker, tags, params, loss steps, `<metric>_last`/`_best` at step 0,
+A small SQLite MLflow store is filled the way training (qsattn/engine/train.py) and the cell pipeline
+(qsattn/engine/pipeline.py) log: same tracker, tags, params, loss steps, `<metric>_last`/`_best` at step 0,
 `checkpoint_<metric>` per epoch, protocol tags, metrics.json. Three methods x two datasets x three
 seeds, one failed run, one still running, cells without a published number, and a paper row for a
 method that was not run.
@@ -62,8 +62,8 @@ def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: 
     """One grid cell logged through the project's tracker, as train() and run_cell() log it."""
     import yaml
 
-    from qsattn.config import resolve
-    from qsattn.tracking import git_commit, open_tracker
+    from qsattn.engine.config import resolve
+    from qsattn.engine.tracking import git_commit, open_tracker
 
     cfg = resolve({"method": method, "dataset": dataset, "seed": seed, "tracking_uri": uri, "experiment": "fake",
                    "run_root": str(root / "runs"), "data_root": str(root / "datasets"),
@@ -135,7 +135,7 @@ def store(tmp_path_factory):
                          "running" if (method, dataset, seed) == RUNNING else "finished")
                 run_dir = log_cell(uri, root, method, dataset, seed, state)
                 if state == "running":
-                    from qsattn.run_folder import locked
+                    from qsattn.engine.run_folder import locked
 
                     live.enter_context(locked(run_dir))
     paper_csv = root / "paper.csv"
@@ -393,7 +393,7 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
             row = _cell(numbers, run.data.tags["method"], "synthetic", "gt_score", which)
             assert row.n == 1 and row["mean"] == pytest.approx(run.data.metrics[f"gt_score_{which}"])
     assert (load_runs(uri, grid["defaults"]["experiment"]).drop_duplicates("run_id")["status"] == "finished").all()
-    from qsattn.synthetic import reference_scores  # the scores to beat, rows of the table (docs/demo.md)
+    from qsattn.data.synthetic import reference_scores  # the scores to beat, rows of the table (docs/demo.md)
     from results.report import REFERENCE_LABELS
 
     for name, scores in reference_scores(tmp_path / "datasets" / "synthetic").items():

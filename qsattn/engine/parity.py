@@ -314,7 +314,7 @@ def _run_official_F(ref_F, feats_k, feats_q, ids_random, n, qs, crit, device):
 def check_networks(table: Table, repos: dict, device, inputs=None) -> None:
     import torch
 
-    from qsattn.config import resolve
+    from qsattn.engine.config import resolve
     from qsattn.networks import build_discriminator, build_generator
 
     net = repos.get("qsattn", repos.get("cut")).modules
@@ -368,7 +368,7 @@ def check_steps(table: Table, repos: dict, device, px: int = 64, small: bool = F
     import torch
 
     from qsattn import official
-    from qsattn.config import resolve
+    from qsattn.engine.config import resolve
     from qsattn.model import create_state, train_step
 
     for method, (kind, mode) in STEP_METHODS.items():
