@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qsattn import qs_chunked as qc
-from qsattn.networks import init_weights
+from baselines.networks import init_weights
 from qsattn.selection import gather_rows, row_entropy, select_rows
 
 QS_MODES = ("none", "global", "local", "global+local")

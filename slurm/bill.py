@@ -159,8 +159,8 @@ def _tensor_sizes(net: tuple) -> tuple[int, int, int]:
     import torch
 
     from qsattn.engine.config import resolve
-    from qsattn.model import encoder_channels
-    from qsattn.networks import build_discriminator, build_generator
+    from baselines.model import encoder_channels
+    from baselines.networks import build_discriminator, build_generator
     from qsattn.sampler import build_sampler
 
     cfg = resolve(dict(zip(NETWORK_KEYS, net)))

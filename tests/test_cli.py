@@ -42,7 +42,7 @@ def test_user_errors_print_one_line_without_a_traceback(argv, message, capsys):
 def test_translate_with_a_discriminator_or_a_text_file_is_one_clear_error(tmp_path, capsys):
     import torch
 
-    from qsattn.networks import NLayerDiscriminator
+    from baselines.networks import NLayerDiscriminator
 
     torch.save(NLayerDiscriminator(ndf=8).state_dict(), tmp_path / "latest_net_D.pth")
     (tmp_path / "notes.txt").write_text("lr: 0.0002\n")

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from qsattn.engine import checkpoint as ckpt_io
-from qsattn import compiled_step
-from qsattn import model as M
+from baselines import compiled_step
+from baselines import model as M
 from qsattn.engine.config import Config, ConfigError, resolve
 
 SMALL = {"ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32, "deterministic": True}
@@ -270,7 +270,7 @@ EXACT = {"ngf": 16, "crop_size": 72, "load_size": 286}  # 16·72²/4 = 20736
 
 
 def _counting_encodes(monkeypatch):
-    from qsattn.networks import ResnetGenerator
+    from baselines.networks import ResnetGenerator
 
     calls = []
 

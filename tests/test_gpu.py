@@ -11,7 +11,7 @@ import torch
 
 from qsattn.engine import checkpoint as ckpt_io
 from qsattn.engine.config import resolve
-from qsattn.model import create_state, discriminator_loss, generator_loss, train_step
+from baselines.model import create_state, discriminator_loss, generator_loss, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 
@@ -96,7 +96,7 @@ PLAIN = {"adam_impl": "plain", "pin_memory": False}
 def _gpu_run(overrides, steps=50, deterministic=True, odd_step=None):
     import os
 
-    from qsattn.model import configure_backends
+    from baselines.model import configure_backends
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     prev = torch.are_deterministic_algorithms_enabled()
@@ -212,7 +212,7 @@ def test_key_reuse_always_on_cuda(method):
     never = _gpu_run({**PLAIN, "method": method, "key_reuse": "never"})
     always = _gpu_run({**PLAIN, "method": method, "key_reuse": "always"})
     probe = create_state(resolve({"method": "cut", **SMALL, "key_reuse": "auto"}), "cuda")
-    from qsattn.model import batched_keys_exact
+    from baselines.model import batched_keys_exact
 
     exact = batched_keys_exact(probe, torch.zeros(1, 3, 64, 64, device="cuda"))
     _record(f"key_reuse=always {method}", {**_diffs(always, never), "probe": exact})

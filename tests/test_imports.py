@@ -155,7 +155,7 @@ def describe(cycle: list[str], graph: dict[str, dict[str, str]]) -> str:
 # Cycles that other work in progress removes (each named with where it is closed). The checks fail on any
 # other cycle, and on each of these once it is gone, so that this list can only shrink.
 OPEN_FILE_CYCLES = {
-    frozenset({"qsattn.model", "qsattn.compiled_step"}): "the step's compiled form (speed)",
+    frozenset({"baselines.model", "baselines.compiled_step"}): "the step's compiled form (speed)",
 }
 OPEN_PACKAGE_CYCLES = {
     # eval -> qsattn: EvalError's base and did_you_mean (qsattn.errors), the CLI's --run (config, pipeline),

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from qsattn.engine.config import ConfigError, resolve
-from qsattn.losses import patch_nce_loss
+from baselines.losses import patch_nce_loss
 from qsattn.engine.methods import METHODS
-from qsattn.model import create_state, nce_loss, train_step
-from qsattn.networks import build_discriminator, build_generator, generator_from_state_dict
+from baselines.model import create_state, nce_loss, train_step
+from baselines.networks import build_discriminator, build_generator, generator_from_state_dict
 from qsattn.sampler import (PatchSampleF, global_select, local_select, local_values, local_windows,
                             row_entropy)
 

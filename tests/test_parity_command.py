@@ -17,8 +17,8 @@ OFFICIAL_QS, OFFICIAL_CUT = ROOT / ".cache" / "official-qsattn", ROOT / ".cache"
 NETWORKS = '''
 import torch
 from qsattn.engine.config import resolve
-from qsattn.losses import patch_nce_loss
-from qsattn.networks import ResnetGenerator, build_discriminator, build_generator
+from baselines.losses import patch_nce_loss
+from baselines.networks import ResnetGenerator, build_discriminator, build_generator
 from qsattn.sampler import PatchSampleF as _Ours
 
 MODE, BROKEN = {mode!r}, {broken!r}
@@ -59,7 +59,7 @@ class PatchSampleF(_Ours):
 '''
 PATCHNCE = '''
 import torch.nn as nn
-from qsattn.losses import patch_nce_loss
+from baselines.losses import patch_nce_loss
 
 
 class PatchNCELoss(nn.Module):

@@ -93,7 +93,7 @@ def test_resuming_with_another_config_names_the_mismatched_keys(data_root, tmp_p
 
 
 def test_final_weights_are_exported_under_the_official_names(data_root, tmp_path):
-    from qsattn.networks import generator_from_state_dict
+    from baselines.networks import generator_from_state_dict
     from qsattn.engine.train import train
 
     cfg = resolve({"data_root": str(data_root), "run_root": str(tmp_path), "tracking_uri": "off", "max_steps": 2,

@@ -166,7 +166,7 @@ def run_case(case: dict) -> dict:
                 else contextlib.nullcontext())
     if case["table"] == "step":
         from qsattn.engine.config import resolve
-        from qsattn.model import create_state, train_step
+        from baselines.model import create_state, train_step
 
         # num_patches = the QS layers' channel count (4·ngf, 256 at the default): official local needs it
         cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
@@ -219,7 +219,7 @@ def _our_step(case: dict, device):
     import torch
 
     from qsattn.engine.config import resolve
-    from qsattn.model import configure_backends, create_state, train_step
+    from baselines.model import configure_backends, create_state, train_step
     from qsattn.engine.train import to_device
 
     size = case["size"]

@@ -139,7 +139,7 @@ def adopt_optimizer_impl(state) -> None:
     and each `step` counter is put where that implementation wants it (fused: float32 on the parameter's
     device; plain and foreach: a float32 scalar on the CPU). The Adam moments are the same tensors in
     every implementation."""
-    from qsattn.model import adam_flags
+    from baselines.model import adam_flags
 
     flags = adam_flags(state.cfg)
     for opt in state.optimizers().values():

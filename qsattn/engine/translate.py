@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from qsattn.networks import generator_from_state_dict
+from baselines.networks import generator_from_state_dict
 
 
 def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:

@@ -8,7 +8,7 @@ labelled "changes numerics": `key_reuse` takes the key-side NCE features from G'
 `adam_impl` picks torch's Adam kernels, `compile` runs the three pieces of
 the step (G forward, D loss, G/F loss) through torch.compile, `amp` autocasts them to bfloat16, and
 `configure_backends` sets the process-wide cuDNN / TF32 switches. The compiled variant of the step lives
-in qsattn/compiled_step.py.
+in baselines/compiled_step.py.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from qsattn.losses import gan_loss, patch_nce_loss
-from qsattn.networks import build_discriminator, build_generator
+from baselines.losses import gan_loss, patch_nce_loss
+from baselines.networks import build_discriminator, build_generator
 from qsattn.sampler import PatchSampleF, build_sampler
 
-log = logging.getLogger("qsattn.model")
+log = logging.getLogger("baselines.model")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class TrainState:
     schedulers: list = field(default_factory=list)
     step: int = 0    # optimisation steps done
     epoch: int = 1   # the epoch in progress (1-based, as official)
-    compiled: object = None  # a qsattn.compiled_step.CompiledStep with cfg.compile != off
+    compiled: object = None  # a baselines.compiled_step.CompiledStep with cfg.compile != off
     exact_keys: dict = field(default_factory=dict)  # input shape -> batched_keys_exact (key_reuse=auto)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -113,7 +113,7 @@ def create_state(cfg, device: torch.device | str = "cpu") -> TrainState:
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda=rule) for o in opts]
     state = TrainState(cfg, G, D, F, *opts, schedulers=schedulers)
     if getattr(cfg, "compile", "off") != "off":
-        from qsattn.compiled_step import CompiledStep
+        from baselines.compiled_step import CompiledStep
 
         state.compiled = CompiledStep(state)
     return state
