@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from baselines.losses import gan_loss, patch_nce_loss
 from baselines.networks import build_discriminator, build_generator
-from qsattn.sampler import PatchSampleF, build_sampler
+from baselines.sampler import PatchSampleF, build_sampler
 
 log = logging.getLogger("baselines.model")
 
@@ -98,15 +98,17 @@ def autocast(cfg, device: torch.device):
     return contextlib.nullcontext()
 
 
-def create_state(cfg, device: torch.device | str = "cpu") -> TrainState:
+def create_state(cfg, device: torch.device | str = "cpu", sampler: PatchSampleF | None = None) -> TrainState:
     """Build G, D and F with the official init, in that order, from the current torch RNG state.
+
+    `sampler`: F, not yet built (QS-Attn passes its own, qsattn/state.py); CUT's random sampler if None.
 
     F's MLPs are created here from the encoder's channel counts rather than lazily at the first batch,
     so that a checkpoint always has the same keys; the result is the same module (see README).
     """
     G = build_generator(cfg).to(device)
     D = build_discriminator(cfg).to(device)
-    F = build_sampler(cfg).to(device)
+    F = (build_sampler(cfg) if sampler is None else sampler).to(device)
     F.build(encoder_channels(G, cfg.nce_layers, cfg.input_nc), device)
     opts = [make_optimizer(m.parameters(), cfg) for m in (G, D, F)]
     rule = linear_decay(cfg.n_epochs, cfg.n_epochs_decay)

@@ -19,6 +19,7 @@ from qsattn.engine import checkpoint as ckpt_io
 from baselines import compiled_step
 from baselines import model as M
 from qsattn.engine.config import Config, ConfigError, resolve
+from qsattn.state import create_state
 
 SMALL = {"ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32, "deterministic": True}
 PLAIN = {"adam_impl": "plain", "pin_memory": False}
@@ -49,7 +50,7 @@ def _run(method, overrides, steps=STEPS, odd_step=None):
     with _deterministic():
         cfg = resolve({"method": method, **SMALL, **overrides})
         torch.manual_seed(0)
-        state = M.create_state(cfg, "cpu")
+        state = create_state(cfg, "cpu")
         data, odd = _data(size=cfg.crop_size), _data(1, size=cfg.crop_size * 3 // 4, seed=2)[0]
         history = []
         for i in range(steps):
@@ -211,7 +212,7 @@ def test_a_checkpoint_resumes_with_another_adam_impl(tmp_path, plain_cut):
     for impl in ("foreach", "fused"):
         cfg = resolve({"method": "cut", **SMALL, **PLAIN, "adam_impl": impl})
         assert ckpt_io.config_mismatches(saved["config"], cfg) == []
-        state = M.create_state(cfg, "cpu")
+        state = create_state(cfg, "cpu")
         ckpt_io.restore(state, saved)
         group = state.opt_G.param_groups[0]
         assert (group["foreach"], group["fused"]) == (impl == "foreach", impl == "fused")
@@ -322,7 +323,7 @@ def test_key_reuse_auto_keeps_the_key_pass_for_qsattn(method):
     """QS-Attn's key features carry gradients (through the attention rows the query side reuses);
     reusing them sums those gradients in another order, so `auto` does not, and `always` does."""
     for mode, expected in (("auto", False), ("always", True), ("never", False)):
-        state = M.create_state(resolve({"method": method, **SMALL, "key_reuse": mode}), "cpu")
+        state = create_state(resolve({"method": method, **SMALL, "key_reuse": mode}), "cpu")
         assert M.reuses_keys(state, torch.zeros(1, 3, 32, 32)) is expected, mode
         assert M.reuses_keys(state, torch.zeros(1, 3, 32, 32), flipped=True) is False
 
@@ -363,7 +364,7 @@ def test_a_run_resumes_across_the_key_reuse_switch(tmp_path):
     saved = ckpt_io.load(path)
     cfg = resolve({"method": "cut", **SMALL, **EXACT, "key_reuse": "auto"})
     assert ckpt_io.config_mismatches(saved["config"], cfg) == []
-    state = M.create_state(cfg, "cpu")
+    state = create_state(cfg, "cpu")
     ckpt_io.restore(state, saved)
     data = _data(size=cfg.crop_size)
     torch.set_num_threads(1)

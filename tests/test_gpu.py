@@ -11,7 +11,8 @@ import torch
 
 from qsattn.engine import checkpoint as ckpt_io
 from qsattn.engine.config import resolve
-from baselines.model import create_state, discriminator_loss, generator_loss, train_step
+from baselines.model import discriminator_loss, generator_loss, train_step
+from qsattn.state import create_state
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 

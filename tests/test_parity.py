@@ -12,7 +12,8 @@ import torch
 
 from qsattn.engine.config import resolve
 from qsattn.float_bounds import check_selection, entropy_bound, global_rows, local_rows, softmax_bound
-from baselines.model import create_state, discriminator_loss, generator_loss, nce_loss
+from baselines.model import discriminator_loss, generator_loss, nce_loss
+from qsattn.state import create_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = {"cut": "cut", "global": "qsattn-global", "local": "qsattn-local", "global_local": "qsattn-global-local"}

@@ -98,7 +98,7 @@ def test_the_generator_cannot_see_a_global_colour_shift():
     import torch
 
     from qsattn.engine.config import resolve
-    from baselines.model import create_state
+    from qsattn.state import create_state
 
     torch.manual_seed(0)
     G = create_state(resolve({"method": "cut", "ngf": 8, "ndf": 8, "crop_size": 32, "load_size": 32,

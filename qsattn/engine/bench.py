@@ -166,7 +166,8 @@ def run_case(case: dict) -> dict:
                 else contextlib.nullcontext())
     if case["table"] == "step":
         from qsattn.engine.config import resolve
-        from baselines.model import create_state, train_step
+        from baselines.model import train_step
+        from qsattn.state import create_state
 
         # num_patches = the QS layers' channel count (4·ngf, 256 at the default): official local needs it
         cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
@@ -219,7 +220,8 @@ def _our_step(case: dict, device):
     import torch
 
     from qsattn.engine.config import resolve
-    from baselines.model import configure_backends, create_state, train_step
+    from baselines.model import configure_backends, train_step
+    from qsattn.state import create_state
     from qsattn.engine.train import to_device
 
     size = case["size"]

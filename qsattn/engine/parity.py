@@ -369,7 +369,8 @@ def check_steps(table: Table, repos: dict, device, px: int = 64, small: bool = F
 
     from qsattn import official
     from qsattn.engine.config import resolve
-    from baselines.model import create_state, train_step
+    from baselines.model import train_step
+    from qsattn.state import create_state
 
     for method, (kind, mode) in STEP_METHODS.items():
         if kind not in repos:

@@ -23,7 +23,8 @@ from qsattn.engine import checkpoint as ckpt_io
 from qsattn.engine.atomic import atomic_write_text, remove_temporaries
 from qsattn.engine.config import Config, ConfigError, load
 from qsattn.errors import UserError
-from baselines.model import TrainState, configure_backends, create_state, end_epoch, generator_forward, train_step
+from baselines.model import TrainState, configure_backends, end_epoch, generator_forward, train_step
+from qsattn.state import create_state
 from qsattn.engine.run_folder import RUNNING, STOP, RunFolder, Stopped, locked, request_stop  # see run_folder.py
 
 log = logging.getLogger("qsattn.engine.train")
