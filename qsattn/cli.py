@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "translate": ("qsattn.engine.translate", "translate a whole folder or test split with a trained generator"),
     "synthetic": ("qsattn.data.synthetic", "write the built-in synthetic dataset to disk"),
     "data": ("qsattn.data.datasets", "download, verify and prepare a benchmark dataset"),
-    "eval": ("eval.cli", "FID/KID, segmentation and ground-truth scores of a run or two folders"),
+    "eval": ("qsattn.engine.evaluate", "FID/KID, segmentation and ground-truth scores of a run or two folders"),
     "sweep": ("slurm.sweep", "run an experiment grid locally or on SLURM"),
     "status": ("slurm.status", "show the cells of a sweep: pending, running, done, failed"),
     "report": ("results.report", "build Table 1 and the plots from a sweep's MLflow runs"),
