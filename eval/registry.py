@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from eval.folders import EvalError
-from qsattn.engine.config import FID_MODES
+from eval.weights import FID_MODES
 from qsattn.errors import did_you_mean
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from eval.weights import FID_MODES  # the metric declares its protocols
 from qsattn.errors import UserError, did_you_mean
 from qsattn.presets import METHODS
 
@@ -359,10 +360,6 @@ def _check_field(name: str, value: Any) -> None:
     for bound, sign, holds in _BOUNDS:
         if meta[bound] is not None and not holds(value, meta[bound]):
             raise ConfigError(f"{name}: must be {sign} {meta[bound]:g}, got {value}")
-
-
-# The FID protocols, as clean-fid names them (eval/fid.py): one FID and one KID per mode and checkpoint.
-FID_MODES = ("clean", "legacy_pytorch")
 
 
 def fid_modes(cfg: Config) -> tuple[str, ...]:
