@@ -73,7 +73,7 @@ def expected_fids(name: str, csv: str | Path = EXPECTED_CSV) -> dict[str, float]
     """{fid_mode: published FID} of one released generator (matched by method and dataset)."""
     import pandas as pd
 
-    from results.naming import dataset_id, method_id
+    from qsattn.names import dataset_id, method_id
 
     entry = RELEASED.get(name)
     if entry is None:

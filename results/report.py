@@ -36,8 +36,9 @@ from qsattn.errors import UserError
 from qsattn.engine.run_folder import RunFolder, read_records
 from qsattn.engine.tracking import SWEEP_KIND
 from results.references import REFERENCE_LABELS, synthetic_references
-from results.naming import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, dataset_id, in_order, method_id,
-                            method_order, metric_id, row_label, table_metrics, with_mode)
+from qsattn.names import dataset_id, method_id
+from results.naming import (DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, metric_id, row_label,
+                            table_metrics, with_mode)
 
 HERE = Path(__file__).resolve().parent
 PAPER_CSV = HERE / "paper_numbers.csv"
