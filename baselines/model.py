@@ -8,7 +8,7 @@ labelled "changes numerics": `key_reuse` takes the key-side NCE features from G'
 `adam_impl` picks torch's Adam kernels, `compile` runs the three pieces of
 the step (G forward, D loss, G/F loss) through torch.compile, `amp` autocasts them to bfloat16, and
 `configure_backends` sets the process-wide cuDNN / TF32 switches. The compiled variant of the step lives
-in baselines/compiled_step.py.
+in baselines/compiled_step.py; baselines/state.py builds the state (with the compiled step where asked).
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 
 from baselines.losses import gan_loss, patch_nce_loss
-from baselines.networks import build_discriminator, build_generator
-from baselines.sampler import PatchSampleF, build_sampler
+from baselines.sampler import PatchSampleF
 
 log = logging.getLogger("baselines.model")
 
@@ -96,29 +95,6 @@ def autocast(cfg, device: torch.device):
     if getattr(cfg, "amp", "off") == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def create_state(cfg, device: torch.device | str = "cpu", sampler: PatchSampleF | None = None) -> TrainState:
-    """Build G, D and F with the official init, in that order, from the current torch RNG state.
-
-    `sampler`: F, not yet built (QS-Attn passes its own, qsattn/state.py); CUT's random sampler if None.
-
-    F's MLPs are created here from the encoder's channel counts rather than lazily at the first batch,
-    so that a checkpoint always has the same keys; the result is the same module (see README).
-    """
-    G = build_generator(cfg).to(device)
-    D = build_discriminator(cfg).to(device)
-    F = (build_sampler(cfg) if sampler is None else sampler).to(device)
-    F.build(encoder_channels(G, cfg.nce_layers, cfg.input_nc), device)
-    opts = [make_optimizer(m.parameters(), cfg) for m in (G, D, F)]
-    rule = linear_decay(cfg.n_epochs, cfg.n_epochs_decay)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda=rule) for o in opts]
-    state = TrainState(cfg, G, D, F, *opts, schedulers=schedulers)
-    if getattr(cfg, "compile", "off") != "off":
-        from baselines.compiled_step import CompiledStep
-
-        state.compiled = CompiledStep(state)
-    return state
 
 
 def nce_loss(G, F, src, tgt, cfg, patch_ids=None, flipped: bool = False, feat_k=None):

@@ -1,4 +1,4 @@
-"""QS-Attn's training state: CUT's (baselines/model.py), with QS-Attn's patch sampler as F.
+"""QS-Attn's training state: CUT's (baselines/state.py), with QS-Attn's patch sampler as F.
 
 Everything else of the step (networks, losses, optimisers, `train_step`) is CUT's, unchanged.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from baselines.model import TrainState
-from baselines.model import create_state as create_cut_state
+from baselines.state import create_state as create_cut_state
 from qsattn.sampler import build_sampler
 
 
