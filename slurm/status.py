@@ -22,11 +22,13 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eval.registry import PRIMARY
 from qsattn.engine.run_folder import RunFolder, holder, read_records
 from slurm.grid import Cell, GridError, expand, select
 
-PRIMARY_METRICS = ("fid_legacy_pytorch_last", "fid_clean_last", "fid_last", "gt_score_last", "gt_score",
-                   "fid_standin_legacy_pytorch_last", "fid_standin_clean_last", "mAP_last")
+# The value a finished cell shows: the last checkpoint's primary value, in the order the metrics' registry
+# declares it (eval.registry.PRIMARY); then the names of runs scored before the FID modes were named.
+PRIMARY_METRICS = tuple(f"{name}_last" for name in PRIMARY) + ("fid_last", "gt_score")
 TRAIN_METRICS = ("NCE", "G", "D")
 
 
