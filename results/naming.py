@@ -1,6 +1,6 @@
 """How the table and the figures name, order and read the metrics, datasets and methods.
 
-Shared by results/report.py (the table) and results/plots.py (the figures), so that neither imports the
+Shared by results/stats.py and results/tables.py (the table) and results/plots.py (the figures), so that neither imports the
 other. The published method and dataset names are read by qsattn/names.py.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The synthetic set's references that are not trained (identity, one fixed striped image): the scores to
-beat, for the table (results/report.py) and the figures (results/plots.py)."""
+beat, for the table (results/stats.py) and the figures (results/plots.py)."""
 from __future__ import annotations
 
 from pathlib import Path

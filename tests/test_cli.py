@@ -65,7 +65,7 @@ def test_every_error_a_user_fixes_shares_the_one_base_class():
     from qsattn.data.datasets import DatasetError
     from qsattn.engine.run_folder import RunBusy
     from qsattn.engine.train import NonFinite
-    from results.report import ReportError
+    from results.runs import ReportError
     from slurm.grid import GridError
 
     for error in (ConfigError, DataError, DatasetError, EvalError, GridError, RunBusy, ReportError, CheckpointError,

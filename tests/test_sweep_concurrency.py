@@ -75,7 +75,7 @@ def test_a_packed_cell_held_elsewhere_exits_as_skipped(tmp_path, synthetic_root,
 
 def test_records_left_by_a_dead_or_unrelated_process_never_say_running(tmp_path, synthetic_root, held, capsys):
     from qsattn.engine.tracking import open_tracker
-    from results.report import load_runs
+    from results.runs import load_runs
     from slurm.job import write_record
 
     grid = make_grid(tmp_path, synthetic_root)

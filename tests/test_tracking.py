@@ -310,7 +310,7 @@ def test_the_experiment_is_set_up_for_comparing_runs(tmp_path):
     assert log_report(uri, "cmp", [report / "table1.md"]) == first, "one sweep-level run per experiment"
     assert [a.path for a in client.list_artifacts(first, "report")] == ["report/table1.md"]
     assert ensure_experiment(client, "cmp", uri) == exp.experiment_id
-    from results.report import load_runs
+    from results.runs import load_runs
 
     df = load_runs(uri, "cmp")
     assert set(df.run_id) == {t.run_id}, "the sweep-level run is not a cell"
