@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from baselines import sampler as cut
 from qsattn import qs_chunked as qc
+from qsattn.errors import UserError
 from qsattn.selection import gather_rows, row_entropy, select_rows
 
 QS_MODES = ("none", "global", "local", "global+local")
@@ -137,10 +138,21 @@ class PatchSampleF(cut.PatchSampleF):
     def sample_layer(self, i, feat, patch_ids, attn_mats):
         if i not in self.qs_layers:
             return super().sample_layer(i, feat, patch_ids, attn_mats)
+        self._check_positions(i, feat)
         f = feat.flatten(2).transpose(1, 2)  # (B, HW, C)
         ids = patch_ids[i] if attn_mats is not None else None
         attn = attn_mats[i] if attn_mats is not None else None
         return self._query_selected(feat, f, ids, attn)
+
+    def _check_positions(self, i: int, feat: torch.Tensor) -> None:
+        """The official local layout views the selected windows as num_patches rows: with fewer positions
+        than num_patches that view fails inside the step; say so in one line instead."""
+        positions = feat.shape[2] * feat.shape[3]
+        if self.qs_mode == "local" and self.local_layout == "official" and positions < self.num_patches:
+            raise UserError(f"num_patches={self.num_patches}: QS layer {i} has only {feat.shape[2]}x{feat.shape[3]}"
+                            f" = {positions} positions at this image size, and the official local layout needs "
+                            f"num_patches of them; use num_patches <= {positions}, a larger crop_size, or "
+                            f"local_layout=corrected")
 
     def _query_selected(self, feat, f, ids, attn):
         if self.impl == "chunked":

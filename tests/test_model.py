@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from qsattn.engine.config import ConfigError, resolve
+from qsattn.errors import UserError
 from baselines.losses import patch_nce_loss
 from qsattn.engine.methods import METHODS
 from baselines.model import nce_loss, train_step
@@ -115,6 +116,17 @@ def test_official_local_fails_like_the_released_code_when_patches_differ_from_ch
     with pytest.raises(RuntimeError, match="view"):
         local_values(feat, torch.arange(5)[None], 3, "official")
     local_values(feat, torch.arange(5)[None], 3, "corrected")  # the corrected layout has no such limit
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_official_local_with_fewer_positions_than_patches_is_one_clear_error(impl):
+    """A 4x4 QS layer has 16 positions; the official local view needs num_patches = 32 rows of them."""
+    feats = [torch.randn(1, 32, 4, 4)]
+    sampler = PatchSampleF(16, 32, "local", (0,), window=3, impl=impl)
+    with pytest.raises(UserError, match=r"num_patches=32: QS layer 0 has only 4x4 = 16 positions"):
+        sampler(feats)
+    corrected = PatchSampleF(16, 32, "local", (0,), window=3, local_layout="corrected", impl=impl)
+    assert corrected(feats)[0][0].shape == (16, 16)  # all 16 positions, as CUT's sampler takes min(L, n)
 
 
 def test_local_selection_prefers_peaked_windows():
