@@ -7,6 +7,7 @@ Speed options (config "speed" section) change how the step runs, not what it com
 labelled "changes numerics": `key_reuse` takes the key-side NCE features from G's forward pass,
 `adam_impl` picks torch's Adam kernels, `compile` runs the three pieces of
 the step (G forward, D loss, G/F loss) through torch.compile, `amp` autocasts them to bfloat16, and
+`flush_denormal` runs the G/F backward with subnormals flushed (baselines/denormals.py), and
 `configure_backends` sets the process-wide cuDNN / TF32 switches. The compiled variant of the step lives
 in baselines/compiled_step.py; baselines/state.py builds the state (with the compiled step where asked).
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from baselines.denormals import flushed
 from baselines.losses import gan_loss, patch_nce_loss
 from baselines.sampler import PatchSampleF
 
@@ -256,7 +258,8 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     state.opt_F.zero_grad(set_to_none=True)
     with amp:
         losses = loss_G_fn(state, real_A, real_B, fake_B, idt_B, flipped, keys=keys)
-    losses["G"].backward()
+    with flushed(getattr(cfg, "flush_denormal", False), real_A.device):
+        losses["G"].backward()
     state.opt_G.step()
     state.opt_F.step()
     state.step += 1

@@ -63,3 +63,21 @@ def test_bench_imports_with_torch_alone():
     code = ("import sys, qsattn.engine.bench, baselines.model, qsattn.qs_chunked, qsattn.engine.train, qsattn.data.unaligned, qsattn.data.synthetic; "
             "bad = {'mlflow', 'cleanfid', 'submitit', 'pandas'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bench_flush_denormal_rows_compare_with_cut_under_the_same_setting(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "qsattn", "bench", "--tables", "step", "--methods", "cut,qsattn-local",
+                           "--sizes", "32", "--steps", "1", "--warmup", "0", "--ngf", "8", "--device", "cpu",
+                           "--impl", "chunked", "--key-reuse", "always", "--flush-denormal", "off,on", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads(out.read_text())
+    assert [(r["method"], r["flush_denormal"]) for r in saved] == [
+        ("cut", False), ("cut", True), ("qsattn-local", False), ("qsattn-local", True)]
+    assert saved[3]["ratio_to_cut"] == saved[3]["sec_per_step"] / saved[1]["sec_per_step"]
+    assert saved[2]["ratio_to_cut"] == saved[2]["sec_per_step"] / saved[0]["sec_per_step"]
+    assert "| step | qsattn-local | chunked | always +flush | 32 |" in proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "qsattn", "bench", "--flush-denormal", "maybe", "--device", "cpu",
+                          "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--flush-denormal: unknown ['maybe']" in bad.stderr

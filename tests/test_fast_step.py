@@ -387,8 +387,9 @@ def test_key_reuse_always_refuses_batch_norm():
 @pytest.mark.parametrize("method", ["cut", "fastcut", "qsattn-global", "qsattn-local", "qsattn-global-local"])
 def test_key_reuse_auto_50_steps_every_method(method):
     """The full grid: 50 steps with the default key_reuse=auto and without it give the same weights."""
-    never = _run(method, {**EXACT, "key_reuse": "never"})
-    auto = _run(method, {**EXACT, "key_reuse": "auto"})
+    size = {**EXACT, "num_patches": 4 * EXACT["ngf"]}  # official local's view needs num_patches == channels
+    never = _run(method, {**size, "key_reuse": "never"})
+    auto = _run(method, {**size, "key_reuse": "auto"})
     assert torch.equal(auto[0], never[0])
     assert all(torch.equal(auto[1][k], never[1][k]) for k in never[1])
 
@@ -404,3 +405,65 @@ def test_key_reuse_always_is_exact_for_qsattn_global_at_the_official_init():
     always = _run("qsattn-global", {**official, "key_reuse": "always"}, steps=3)
     assert torch.equal(always[0], never[0])
     assert all(torch.equal(always[1][k], never[1][k]) for k in never[1])
+
+
+# --- flush_denormal: the G/F backward with subnormals flushed to zero (CPU) --------------------------------
+
+def _subnormals(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
+
+
+def test_flushed_sets_ftz_on_every_torch_thread_and_clears_it_after():
+    """MXCSR is per thread and torch.set_flush_denormal only sets the calling one: with 2 threads, half
+    of a parallel multiply would keep its subnormals. Inside the block none may survive, after it all do."""
+    from baselines.denormals import flushed
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.full((1 << 20,), 1e-39)       # subnormal; 2^20 elements: split over both threads
+        w = torch.full((256, 64), 1e-3)           # 256 products of 1e-42: still subnormal
+        cases = lambda: (x * 0.5, x[: 1 << 16].view(256, 256) @ w)  # noqa: E731  (elementwise, MKL gemm)
+        assert all(_subnormals(t) == t.numel() for t in cases())
+        with flushed(True, torch.device("cpu")):
+            assert all(int(t.count_nonzero()) == 0 for t in cases())
+        assert all(_subnormals(t) == t.numel() for t in cases())
+        with flushed(False, torch.device("cpu")):
+            assert all(_subnormals(t) == t.numel() for t in cases())
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _feature_grad_subnormals(monkeypatch):
+    """Count the subnormal entries of every NCE feature gradient G's encoder receives."""
+    from baselines.networks import ResnetGenerator
+
+    counts, real = [], ResnetGenerator.encode
+
+    def encode(self, x, layers):
+        feats = real(self, x, layers)
+        for f in feats:
+            if f.requires_grad:
+                f.register_hook(lambda g: counts.append(_subnormals(g)))
+        return feats
+    monkeypatch.setattr(ResnetGenerator, "encode", encode)
+    return counts
+
+
+@pytest.mark.float_paths
+def test_flush_denormal_acts_on_the_backward_only_and_is_rounding(monkeypatch):
+    """QS-Attn local at the small size: the attention's gradient into the key features is partly
+    subnormal (what made the CPU step slow); with the option none reaches the encoder, while the
+    forward (losses of step 1) is untouched. Later steps may differ: flushing a value below 2^-126 is
+    an absolute rounding, which the GAN amplifies (global at this size: from about step 20), hence
+    the label rounding and off by default."""
+    counts = _feature_grad_subnormals(monkeypatch)
+    plain = _run("qsattn-local", {**PLAIN, "key_reuse": "never"}, steps=3)
+    assert sum(counts) > 0
+    counts.clear()
+    flush = _run("qsattn-local", {**PLAIN, "key_reuse": "never", "flush_denormal": True}, steps=3)
+    assert len(counts) > 0 and sum(counts) == 0
+    assert torch.equal(flush[0][0], plain[0][0])
+    assert Config.flush_denormal is False
+    plain, flush = (_run("qsattn-global", {**PLAIN, "flush_denormal": f}, steps=30) for f in (False, True))
+    assert _max_weight_diff(flush[1], plain[1]) > 0 and torch.isfinite(flush[0]).all()

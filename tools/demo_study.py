@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 METHODS = ("cut", "fastcut", "qsattn-global")
 # name -> changes to the demo grid's cell: config keys; "size" (load_size = crop_size = the dataset's size),
-# "texture" and "hint" (the dataset's options); "fastcut": changes for FastCUT alone.
+# "texture", "hint", "stripe_scale" and "shape_scale" (the dataset's options); "fastcut": changes for FastCUT alone.
 _DEEP = dict(nce_layers="4,8,12,16", qs_layers="2,3")  # without layer 0 (the image itself)
 _PLAIN = dict(no_antialias="true", no_antialias_up="true")  # strided convs, not anti-aliased resampling
 _LONG_FASTCUT = dict(fastcut=dict(n_epochs=4, n_epochs_decay=2))  # FastCUT as long as CUT
@@ -54,18 +54,26 @@ def _cell_config(method: str, seed: int, changes: dict, data_root: Path, run_roo
     changes = dict(changes)
     per_method = changes.pop("fastcut", {}) if method == "fastcut" else {}
     changes.pop("fastcut", None)
-    size, hint, texture = changes.pop("size", None), float(changes.pop("hint", 0)), float(changes.pop("texture", 0))
+    size = changes.pop("size", None)
+    options = tuple(float(changes.pop(k, d)) for k, d in _DATA_OPTIONS.items())
     if size:
         changes.update(load_size=size, crop_size=size)
     changes.update(per_method)
     cfg = apply(cell.config, changes)
-    data = (cfg.crop_size, hint, texture)
+    data = (cfg.crop_size, *options)
     return dataclasses.replace(cfg, seed=seed, data_root=str(data_root / _data_name(data)), run_root=str(run_root),
                                tracking_uri="off", num_threads=1, name=""), data
 
 
-def _data_name(data: tuple[int, float, float]) -> str:
-    return f"s{data[0]}-hint{data[1]:g}-texture{data[2]:g}"
+_DATA_OPTIONS = {"hint": 0.0, "texture": 0.0, "stripe_scale": 1.0, "shape_scale": 1.0}  # generate()'s, defaults
+
+
+def _data_name(data: tuple) -> str:
+    return f"s{data[0]}" + "".join(f"-{k}{v:g}" for k, v in zip(_DATA_OPTIONS, data[1:]))
+
+
+def _data_options(data: tuple) -> dict:
+    return dict(size=data[0], **dict(zip(_DATA_OPTIONS, data[1:])))
 
 
 def _train_one(cfg_dict: dict) -> dict:
@@ -89,7 +97,7 @@ def _train_one(cfg_dict: dict) -> dict:
 
 
 def _steps(cfg) -> int:
-    total = (cfg.n_epochs + cfg.n_epochs_decay) * 200  # 200 training images, batch 1
+    total = (cfg.n_epochs + cfg.n_epochs_decay) * (200 // cfg.batch_size)  # 200 training images, drop_last
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs.append((cand, method, seed, size, cfg))
     references = {}
     for data in sorted({j[3] for j in jobs}):
-        folder = generate(data_root / _data_name(data) / "synthetic", size=data[0], hint=data[1], texture=data[2])
+        folder = generate(data_root / _data_name(data) / "synthetic", **_data_options(data))
         references[_data_name(data)] = reference_scores(folder)
 
     rows = []

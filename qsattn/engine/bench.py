@@ -28,7 +28,7 @@ Two tables, one JSON line per case on stdout, and all of it saved to --out:
             (or CUDA) time, printed and saved in the row (`top_ops`).
 `--key-reuse never,always` times the step table with each key_reuse value (config key; `always` is the
 fastest, `auto` picks it where bit-exact, i.e. for CUT); ratio_to_cut compares with CUT under the same
-value. `--repeat R` runs the whole list of cases R times, interleaved (case 1, 2, ..., then again), and
+value; `--flush-denormal off,on` likewise with the flush_denormal option (CPU). `--repeat R` runs the whole list of cases R times, interleaved (case 1, 2, ..., then again), and
 reports the median time and peak memory of each case (`sec_samples` keeps every repeat): on a shared
 machine a burst of load then hits one repeat of every case, not every repeat of one.
 `--dtype bf16` runs the step under torch.autocast(bfloat16): it changes the numerics.
@@ -53,11 +53,13 @@ OPTIONS = {
     "cudnn_benchmark": ({"cudnn_benchmark": True}, "rounding"),
     "compile=default": ({"compile": "default"}, "rounding"),
     "compile=reduce-overhead": ({"compile": "reduce-overhead"}, "rounding"),
+    "flush_denormal": ({"flush_denormal": True}, "rounding"),
     "matmul_tf32": ({"matmul_tf32": True}, "changes numerics"),
     "amp=bf16": ({"amp": "bf16"}, "changes numerics"),
 }
 OPTION_NAMES = (*OPTIONS, "defaults", "all-fast")  # the last two: options together (see _variants)
 CUDA_ONLY = {"cudnn_benchmark", "compile=reduce-overhead", "matmul_tf32", "pin_memory"}  # no effect on a CPU
+CPU_ONLY = {"flush_denormal"}  # no effect on CUDA
 SAMPLER_MODES = {"cut": "none", "qsattn-global": "global", "qsattn-local": "local", "qsattn-global-local": "global+local"}
 
 
@@ -86,6 +88,8 @@ def add_arguments(parser) -> None:
                         "taesungp/contrastive-unpaired-translation (never part of the product)")
     parser.add_argument("--key-reuse", default="never,always", help="step and profile tables: key_reuse values "
                         "(auto | always | never, comma list)")
+    parser.add_argument("--flush-denormal", default="off", help="step and profile tables: flush_denormal values "
+                        "(off | on, comma list; on: the G/F backward flushes subnormals, CPU only)")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times, interleaved; "
                         "report the median")
     parser.add_argument("--profile", action="store_true", help="add the profile table: top ops of the local and "
@@ -172,7 +176,7 @@ def run_case(case: dict) -> dict:
         # num_patches = the QS layers' channel count (4·ngf, 256 at the default): official local needs it
         cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
                        "num_patches": 4 * case["ngf"], "qs_impl": impl if impl != "-" else "naive",
-                       "key_reuse": case.get("key_reuse", "auto")})
+                       "key_reuse": case.get("key_reuse", "auto"), "flush_denormal": case.get("flush_denormal", False)})
         state = create_state(cfg, device)
         A = torch.rand(1, 3, size, size, device=device) * 2 - 1
         B = torch.rand(1, 3, size, size, device=device) * 2 - 1
@@ -245,7 +249,8 @@ def _profile_case(case: dict, device, base: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    fn = _our_step(dict(case, overrides={"key_reuse": case["key_reuse"], "qs_impl": case["impl"]}), device)
+    fn = _our_step(dict(case, overrides={"key_reuse": case["key_reuse"], "qs_impl": case["impl"],
+                                         "flush_denormal": case.get("flush_denormal", False)}), device)
     for _ in range(case["warmup"]):
         fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -402,6 +407,10 @@ def cases(args, device: str) -> list[dict]:
     unknown = set(reuses) - {"auto", "always", "never"}
     if unknown:
         raise SystemExit(f"--key-reuse: unknown {sorted(unknown)}; known: auto, always, never")
+    flushes = [f.strip() for f in args.flush_denormal.split(",") if f.strip()]
+    if set(flushes) - {"off", "on"}:
+        raise SystemExit(f"--flush-denormal: unknown {sorted(set(flushes) - {'off', 'on'})}; known: off, on")
+    flushes = [f == "on" for f in flushes] or [False]
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     if args.profile and "profile" not in tables:
         tables.append("profile")
@@ -413,23 +422,25 @@ def cases(args, device: str) -> list[dict]:
                     names = methods if table == "step" else [m for m in ["cut", *QS_METHODS] if m == "cut" or m in methods]
                     for method in names:
                         for impl in (impls if method in QS_METHODS else ["-"]):
-                            for reuse in (reuses if table == "step" else ["-"]):
+                            for reuse, flush in ([(r, f) for f in flushes for r in reuses] if table == "step"
+                                                 else [("-", False)]):
+                                extra = {"key_reuse": reuse, "flush_denormal": flush} if table == "step" else {}
                                 out.append(dict(common, table=table, method=method, size=size, dtype=dtype, impl=impl,
-                                                **({"key_reuse": reuse} if table == "step" else {})))
+                                                **extra))
         elif table == "profile":
             for size in sizes:
                 for method in [m for m in ("qsattn-local", "qsattn-global-local") if m in methods]:
                     for impl in impls:
-                        for reuse in reuses:
-                            out.append(dict(common, table=table, method=method, size=size, dtype="fp32", impl=impl,
-                                            key_reuse=reuse, top=args.top))
+                        for flush in flushes:
+                            for reuse in reuses:
+                                out.append(dict(common, table=table, method=method, size=size, dtype="fp32", impl=impl,
+                                                key_reuse=reuse, flush_denormal=flush, top=args.top))
         elif table == "options":
             wanted = [o.strip() for o in args.options.split(",") if o.strip()]
             unknown = set(wanted) - set(OPTION_NAMES)
             if unknown:
                 raise SystemExit(f"--options: unknown {sorted(unknown)}; known: {', '.join(OPTION_NAMES)}")
-            if device == "cpu":
-                wanted = [o for o in wanted if o not in CUDA_ONLY]
+            wanted = [o for o in wanted if o not in (CUDA_ONLY if device == "cpu" else CPU_ONLY)]
             for size in sizes:
                 for method in fast_methods:
                     for variant, overrides, label in _variants(wanted, device):
@@ -472,6 +483,8 @@ def _variants(wanted: list[str], device: str) -> list[tuple[str, dict, str]]:
     all_fast = dict(defaults, adam_impl="fused", compile="reduce-overhead" if device != "cpu" else "default")
     if device != "cpu":
         all_fast["cudnn_benchmark"] = True
+    else:
+        all_fast["flush_denormal"] = True
     together = {"defaults": (defaults, "identical"), "all-fast": (all_fast, "rounding")}
     rows = [("plain", dict(PLAIN), "identical")]
     rows += [(name, dict(PLAIN, **OPTIONS[name][0]), OPTIONS[name][1]) for name in wanted if name in OPTIONS]
@@ -498,10 +511,12 @@ def _run_cases(batch: list[dict]) -> list[dict]:
 def _add_ratios(rows: list[dict]) -> None:
     """ratio_to_cut (time) and mem_ratio_to_cut against CUT in the same table, size and dtype; for the
     speed tables ratio_to_plain, ratio_to_official, speedup_vs_one_cell and loader_over_step."""
-    ref = {(r["table"], r["size"], r["dtype"], r.get("key_reuse")): r for r in rows
-           if r["method"] == "cut" and "sec_per_step" in r and r["table"] in ("step", "sampler")}
+    def same(r):  # CUT under the same key_reuse and flush_denormal
+        return r["table"], r["size"], r["dtype"], r.get("key_reuse"), r.get("flush_denormal")
+
+    ref = {same(r): r for r in rows if r["method"] == "cut" and "sec_per_step" in r and r["table"] in ("step", "sampler")}
     for r in rows:
-        cut = ref.get((r["table"], r["size"], r["dtype"], r.get("key_reuse")))
+        cut = ref.get(same(r))
         if cut is None or "sec_per_step" not in r:
             continue
         r["ratio_to_cut"] = r["sec_per_step"] / cut["sec_per_step"]
@@ -509,7 +524,7 @@ def _add_ratios(rows: list[dict]) -> None:
         if r["table"] == "sampler":
             step = next((s for s in rows if s["table"] == "step" and s["method"] == "cut" and s["size"] == r["size"]
                          and s["dtype"] == r["dtype"] and "sec_per_step" in s
-                         and s.get("key_reuse") in ("never", "auto", None)), None)
+                         and s.get("key_reuse") in ("never", "auto", None) and not s.get("flush_denormal")), None)
             if step is not None:
                 r["overhead_pct_of_cut_step"] = 100 * (r["sec_per_step"] - cut["sec_per_step"]) / step["sec_per_step"]
     ok = [r for r in rows if "sec_per_step" in r]
@@ -643,6 +658,7 @@ def _format_profile(rows: list[dict]) -> str:
     parts = []
     for r in rows:
         head = f"profile: {r['method']} {r['size']} px, impl {r['impl']}, key_reuse {r['key_reuse']}"
+        head += ", flush_denormal" if r.get("flush_denormal") else ""
         if "error" in r:
             parts.append(f"{head}: {r['error']}")
             continue
@@ -657,7 +673,7 @@ def _format_base(rows: list[dict]) -> str:
     lines = ["| table | method | impl | key_reuse | px | dtype | s/step | × CUT | peak MiB | mem × CUT | QS overhead % of CUT step |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        reuse = r.get("key_reuse", "-")
+        reuse = r.get("key_reuse", "-") + (" +flush" if r.get("flush_denormal") else "")
         if "error" in r:
             lines.append(f"| {r['table']} | {r['method']} | {r['impl']} | {reuse} | {r['size']} | {r['dtype']} | {r['error']} | | | | |")
             continue

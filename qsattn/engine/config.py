@@ -154,6 +154,8 @@ class Config:
                                    role="runtime")
     pin_memory: bool = _speed(True, "page-locked host batches, non-blocking copies to the GPU (identical)",
                               role="runtime")
+    flush_denormal: bool = _speed(False, "CPU: the G/F backward with subnormal floats flushed to zero (FTZ/DAZ); "
+                                  "rounding below 2^-126, much faster for QS-Attn local", role="runtime")
     matmul_tf32: bool = _speed(False, "TF32 matmuls on the GPU (CHANGES NUMERICS)")
     amp: str = _speed("off", "off | bf16 autocast of forwards and losses (CHANGES NUMERICS)", choices=("off", "bf16"))
 
