@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qsattn.data.files import is_image_file
 from results.history import load_history
 from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
 from results.references import REFERENCE_LABELS, dataset_folder, synthetic_references
@@ -236,7 +237,7 @@ def _images(folder: Path | None, stems) -> dict[str, Path]:
     """stem -> image file in `folder`, for the wanted stems ({} if the folder does not exist)."""
     if folder is None or not folder.is_dir():
         return {}
-    return {p.stem: p for p in folder.iterdir() if p.stem in stems and p.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    return {p.stem: p for p in folder.iterdir() if p.stem in stems and is_image_file(p.name)}
 
 
 def qualitative_grid(df: pd.DataFrame, out: Path, data_root: str | None = None, n_images: int = 4) -> dict[str, Path]:
