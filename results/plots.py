@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from qsattn.data.files import is_image_file
+from qsattn.engine.run_folder import RunFolder
 from results.history import load_history
 from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
 from results.references import REFERENCE_LABELS, dataset_folder, synthetic_references
@@ -227,7 +228,7 @@ def _test_inputs(run_params: dict, data_root: str | None) -> Path | None:
     if folder is None:
         return None
     try:
-        cfg = yaml.safe_load((Path(run_params["run_dir"]) / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load(RunFolder(run_params["run_dir"]).config.read_text()) or {}
     except (OSError, ValueError):
         cfg = {}
     return folder / ("testA" if cfg.get("direction", "AtoB") == "AtoB" else "testB")
