@@ -84,9 +84,9 @@ def image_resolution(files: list[Path]) -> str:
 
 
 def check_known_counts(dataset: str, gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | None) -> None:
-    """Without --test-input: for a known dataset (qsattn.datasets.REGISTRY), the generated folder must hold
+    """Without --test-input: for a known dataset (qsattn.data.datasets.REGISTRY), the generated folder must hold
     one image per test input (testA) and the reference folder the whole target split (testB)."""
-    from qsattn.datasets import REGISTRY
+    from qsattn.data.datasets import REGISTRY
 
     entry = REGISTRY.get(dataset)
     if entry is None:

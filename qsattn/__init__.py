@@ -14,7 +14,7 @@ def __getattr__(name):
 
         return PatchSampleF
     if name == "patch_nce_loss":
-        from qsattn.losses import patch_nce_loss
+        from baselines.losses import patch_nce_loss
 
         return patch_nce_loss
     raise AttributeError(f"module 'qsattn' has no attribute {name!r}")

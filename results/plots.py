@@ -8,7 +8,7 @@
   and the last one marked.
 - `qualitative_grid`: the same test inputs translated by every method (seed 0, last checkpoint).
 
-All take the tidy frame of `results.report.load_runs` / `load_run_dirs`; `make_plots` draws what the
+All take the tidy frame of `results.runs.load_runs` / `load_run_dirs`; `make_plots` draws what the
 data allow and says what it skipped.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ REFERENCE_STYLES = {"identity": dict(color="#555555", ls="--"), "fixed_striped":
 
 def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path, references: dict | None = None) -> dict[str, Path]:
     """One panel per dataset: its primary metric per method, last vs best checkpoint, paper as a star;
-    a synthetic dataset's references (results.report.synthetic_references) as horizontal lines."""
+    a synthetic dataset's references (results.references.synthetic_references) as horizontal lines."""
     references = references or {}
     sns = _style()
     import matplotlib.pyplot as plt

@@ -52,7 +52,7 @@ from PIL import Image
 
 from qsattn.errors import UserError
 
-log = logging.getLogger("qsattn.data")
+log = logging.getLogger("qsattn.data.unaligned")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
