@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from qsattn.engine.config import FIELDS
 from slurm.grid import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ class CellCost:
 
 @functools.lru_cache(maxsize=None)
 def _count(folder: str) -> int:
-    from slurm.preflight import count_images
+    from qsattn.data.files import count_images
 
     return count_images(Path(folder))
 
@@ -149,8 +150,9 @@ def step_time(cfg, gpu: str) -> tuple[float | None, str]:
 
 # --- disk ---------------------------------------------------------------------------------------------
 
-NETWORK_KEYS = ("netG", "ngf", "ndf", "n_layers_D", "normG", "normD", "no_antialias", "no_antialias_up",
-                "input_nc", "output_nc", "netF_nc", "nce_layers", "init_type", "init_gain")
+# The keys that shape the saved tensors of G, D and F: the config's "networks" section, and F's width and
+# the layers it projects (one MLP each, sized by that layer's channels).
+NETWORK_KEYS = tuple(k for k, f in FIELDS.items() if f.metadata["section"] == "networks") + ("netF_nc", "nce_layers")
 
 
 @functools.lru_cache(maxsize=None)

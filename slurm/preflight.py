@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qsattn.data.files import count_images
 from slurm.grid import Cell
 
 TRAIN_SPLITS = ("trainA", "trainB")
@@ -106,13 +107,6 @@ def ensure_synthetic(cells: list[Cell], checks: Checks, generate_now: bool) -> l
         generate(folder, size=size)
         done.append(f"generated the synthetic dataset in {folder} ({size} px)")
     return done
-
-
-def count_images(folder: Path) -> int:
-    """Images in `folder` as training finds them (qsattn.data.unaligned: recursive, its extensions); 0 if absent."""
-    from qsattn.data.unaligned import list_images
-
-    return len(list_images(folder)) if folder.is_dir() else 0
 
 
 def check_datasets(cells: list[Cell], stage: str, checks: Checks) -> None:

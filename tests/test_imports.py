@@ -13,6 +13,7 @@ sampler), so that view has cycles by construction: qsattn.engine -> eval -> qsat
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,18 @@ def test_eval_and_baselines_do_not_import_the_engine():
     packages = package_graph(harness_graph(), room_of)
     assert "qsattn.engine" not in packages["eval"], f"eval imports the engine: {packages['eval']['qsattn.engine']}"
     assert packages["baselines"] == {}, f"baselines (the CUT family) imports other packages: {packages['baselines']}"
+
+
+def test_the_architecture_page_lists_the_packages_in_an_order_the_imports_allow():
+    """docs/architecture.md says each package imports only those above it in its table."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    cells = re.findall(r"^\| `([^`]+)` \|", text, re.M)  # `qsattn/engine/` -> qsattn.engine, `qsattn/cli.py` -> qsattn.cli
+    listed = [cell.rstrip("/").removesuffix(".py").replace("/", ".") for cell in cells]
+    packages = package_graph(harness_graph(), room_of)
+    assert sorted(listed) == sorted(packages), f"docs/architecture.md lists {listed}, the packages are {sorted(packages)}"
+    upward = [f"{a} -> {b} at {where}" for a, edges in packages.items() for b, where in edges.items()
+              if listed.index(b) > listed.index(a)]
+    assert not upward, "imports of a package listed below the importer in docs/architecture.md: " + "; ".join(upward)
 
 
 # --- the checker itself, on small trees with known answers -----------------------------------------------

@@ -54,9 +54,9 @@ RECORD = ".translated_by.json"  # beside the translations: which checkpoint and 
 
 def translation_identity(checkpoint: str | Path, crop_size: int, preprocess: str) -> dict:
     """What decides the translations: the checkpoint's bytes (sha256) and the test-time preprocessing."""
-    from qsattn.data.datasets import sha256_of
+    from qsattn.data.files import sha256_file
 
-    return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(Path(checkpoint)),
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)),
             "crop_size": crop_size, "preprocess": preprocess}
 
 
