@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qsattn import synthetic
+from qsattn.data import synthetic
 from qsattn.cli import main
-from qsattn.data import UnalignedDataset
+from qsattn.data.unaligned import UnalignedDataset
 
 
 def _digest(folder) -> dict[str, str]:
@@ -97,8 +97,8 @@ def test_the_generator_cannot_see_a_global_colour_shift():
     constant c, so a per-image random background (most of the pixels) could never be reproduced."""
     import torch
 
-    from qsattn.config import resolve
-    from qsattn.model import create_state
+    from qsattn.engine.config import resolve
+    from qsattn.state import create_state
 
     torch.manual_seed(0)
     G = create_state(resolve({"method": "cut", "ngf": 8, "ndf": 8, "crop_size": 32, "load_size": 32,

@@ -7,7 +7,7 @@ Each candidate is the demo grid's cell for a method with some keys changed (CAND
 size is the key `size`). Cells run as separate processes, `--jobs` at once, one torch thread each, with
 MLflow off; a finished cell is not trained again (its metrics.json is read), so the study resumes.
 The table (Markdown, also written to OUT/study.md, rows to OUT/study.json) has, per candidate and method,
-each seed's gt_score, the largest gt_score of the shuffled control (qsattn.synthetic.shuffled_score:
+each seed's gt_score, the largest gt_score of the shuffled control (qsattn.data.synthetic.shuffled_score:
 near gt_score means the outputs ignore the input), the worst seed's shape IoU and stripe score, and the
 training seconds per step
 (wall clock: on a shared machine compare the ratios, not the absolute times).
@@ -59,7 +59,7 @@ CANDIDATES: dict[str, dict] = {  # the rows of docs/demo.md's study table
 
 
 def _cell_config(method: str, seed: int, changes: dict, data_root: Path, run_root: Path):
-    from qsattn.config import apply
+    from qsattn.engine.config import apply
     from slurm.grid import expand
 
     cell = next(c for c in expand(ROOT / "experiments" / "demo.yaml") if c.method == method)
@@ -89,8 +89,8 @@ def _data_options(data: tuple) -> dict:
 
 
 def _train_one(cfg_dict: dict) -> dict:
-    from qsattn.config import Config
-    from qsattn.pipeline import run_cell
+    from qsattn.engine.config import Config
+    from qsattn.engine.pipeline import run_cell
 
     cfg = Config(**cfg_dict)
     start = time.perf_counter()
@@ -101,7 +101,7 @@ def _train_one(cfg_dict: dict) -> dict:
         wall = json.loads(timing.read_text())["wall_s"]
     else:
         timing.write_text(json.dumps({"wall_s": wall}))
-    from qsattn.synthetic import shuffled_score
+    from qsattn.data.synthetic import shuffled_score
 
     run_dir = Path(cfg.run_root) / cfg.name
     shuffled = shuffled_score(run_dir / "translations" / "last", Path(cfg.data_root) / cfg.dataset)["gt_score"]
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="define a candidate on the command line, e.g. 'lr4:lr=0.0008' (repeatable)")
     args = parser.parse_args(argv)
 
-    from qsattn.synthetic import generate, reference_scores
+    from qsattn.data.synthetic import generate, reference_scores
 
     for spec in args.set:
         name, _, body = spec.partition(":")

@@ -280,7 +280,7 @@ def score_translation(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) 
                                     f"(write one with `python -m qsattn synthetic --out DIR`)")
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} does not exist")
-    from qsattn.data import is_image_file
+    from qsattn.data.files import is_image_file
 
     preds = {}
     for p in sorted(pred_dir.iterdir()):
@@ -301,7 +301,7 @@ def shuffled_score(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) -> 
     (cyclically) instead of its own. A generator that ignores its input (the same striped blob for every
     image) scores the same here as in `score_translation`; one that follows the input scores lower."""
     pred_dir, data_dir = Path(pred_dir), Path(data_dir)
-    from qsattn.data import is_image_file
+    from qsattn.data.files import is_image_file
 
     sources = sorted(p for p in (data_dir / "testA").iterdir() if is_image_file(p.name))
     score_translation(pred_dir, data_dir)  # the same checks of the folders and the predictions
@@ -336,7 +336,7 @@ def reference_scores(data_dir: str | os.PathLike) -> dict[str, dict[str, float]]
       ignores its input could at best learn from the B domain.
     """
     data_dir = Path(data_dir)
-    from qsattn.data import is_image_file
+    from qsattn.data.files import is_image_file
 
     sources = sorted(p for p in (data_dir / "testA").iterdir() if is_image_file(p.name))
     fixed = data_dir / FIXED_STRIPED
