@@ -58,12 +58,18 @@ def test_row_chunks_cover_all_rows_and_are_never_short():
             assert all(s.stop - s.start >= min(length, qc.MIN_ROWS) for s in parts)
 
 
-def test_unfold_columns_equal_unfold():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_window_keys_are_the_naive_windows_bitwise(layout):
+    """The chunked keys (a band's from the padded rows, the selected rows' by a gather) are copies of
+    the naive `F.unfold` windows in the same layout: equal bit for bit, and contiguous."""
     feat = features(2, 5, 9, "random")
-    full = torch.nn.functional.unfold(feat, 7, padding=3)
+    full = naive.local_windows(feat, 7, layout)                         # (B, HW, k², C)
+    padded = torch.nn.functional.pad(feat, (3, 3, 3, 3))
+    band = qc._band_keys(padded[:, :, 2:2 + 3 + 6], 7, layout)          # image rows 2-4
+    assert band.is_contiguous() and torch.equal(band, full[:, 18:45])
     ids = torch.tensor([[0, 8, 40, 80], [3, 3, 77, 1]])
-    assert torch.equal(qc.unfold_columns(feat, torch.arange(81), 7), full)
-    assert torch.equal(qc.unfold_columns(feat, ids, 7), torch.stack([full[b][:, ids[b]] for b in range(2)]))
+    rows = qc._row_keys(feat, ids, 7, layout)
+    assert rows.is_contiguous() and torch.equal(rows, gather_rows(full, ids))
 
 
 def _select_route(impl, mode, feat, n, layout, chunk):
