@@ -106,20 +106,19 @@ def _band_keys(padded: torch.Tensor, window: int, layout: str) -> torch.Tensor:
 
 
 def _row_keys(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
-    """Keys (B, N, k², C) of the positions ids (B, N), with autograd (a gather from the padded map:
-    its backward is a scatter-add into that small map, not a fold of every window)."""
+    """Keys (B, N, k², C) of the positions ids (B, N), with autograd: one gather from the padded map
+    (its backward is a scatter-add into that small map, not a fold of every window), by an (N·k²)
+    index expanded over the channels, so that autograd keeps O(N·k²) indices, not O(N·k²·C)."""
     B, C, H, W = feat.shape
-    kk, r = window * window, window // 2
-    padded = F.pad(feat, (r, r, r, r)).flatten(1)                       # (B, C·H'W')
-    index = _window_index(H, W, window, feat.device).t().contiguous()[ids]  # (B, N, k²) into H'W', contiguous
-    channel = torch.arange(C, device=feat.device) * (padded.shape[1] // C)
+    n, kk, r = ids.shape[1], window * window, window // 2
+    padded = F.pad(feat, (r, r, r, r)).flatten(2)                       # (B, C, H'W')
+    index = _window_index(H, W, window, feat.device).t()[ids].reshape(B, -1)  # (B, N·k²) into H'W'
+    cols = torch.gather(padded, 2, index[:, None].expand(B, C, -1)).view(B, C, n, kk)
     if layout == "official":   # row (c, offset) of the unfold column, read as (k², C)
-        flat = channel[:, None] + index[:, :, None, :]                   # (B, N, C, k²)
-    elif layout == "corrected":
-        flat = index[..., None] + channel                                # (B, N, k², C)
-    else:
-        raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
-    return torch.gather(padded, 1, flat.reshape(B, -1)).view(B, ids.shape[1], kk, C)
+        return cols.transpose(1, 2).reshape(B, n, kk, C)
+    if layout == "corrected":
+        return cols.permute(0, 2, 3, 1).contiguous()
+    raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
 
 
 def _local_softmax(keys: torch.Tensor, f: torch.Tensor, naive_rows: int) -> torch.Tensor:
