@@ -226,6 +226,24 @@ def test_chunked_backward_does_not_keep_the_full_matrix():
     assert saved["chunked"] <= max(n, C, qc.MIN_ROWS) * HW
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunked_local_backward_keeps_only_the_selected_windows(layout):
+    """Autograd's saved tensors (by storage, so an expanded index counts once): the chunked local path
+    keeps the selected windows (N·k²·C) and maps of the feature's size, the naive one every window."""
+    C, side, n = 16, 32, 16
+    saved = {}
+    for m in (naive, qc):
+        feat = torch.randn(1, C, side, side, requires_grad=True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.untyped_storage().nbytes()) or t,
+                                                      lambda t: t):
+            ids, attn = m.local_select(feat, n, 7, layout)
+            naive.route_local(attn, m.local_values(feat, ids, 7, layout, n)).sum()
+        saved[m] = max(sizes)
+    assert saved[naive] >= C * 49 * side * side * 4
+    assert saved[qc] <= max(n * 49 * C * 4, C * (side + 6) ** 2 * 4)
+
+
 @pytest.mark.float_paths
 @pytest.mark.parametrize("n", [1, 3, 16, 63, 64, 100])
 def test_selected_rows_are_bitwise_the_naive_rows(n):
