@@ -1,4 +1,4 @@
-"""The demo's settings study (docs/demo.md, "How the settings were chosen"): trains candidate settings of
+"""The demo's settings study (docs/demo.md, "The study"): trains candidate settings of
 experiments/demo.yaml for a few seeds and tabulates the ground-truth scores against the demo's targets.
 
     .venv/bin/python tools/demo_study.py --candidates base,s64 --seeds 0,1 --jobs 2 --out runs/demo-study
@@ -43,6 +43,18 @@ CANDIDATES: dict[str, dict] = {  # the rows of docs/demo.md's study table
     "t6-lr5-long": dict(texture=6, lr=0.0005, **_DEEP, **_LONG_FASTCUT),
     "sh": dict(texture=6, nce_layers="0,4,8", qs_layers="1,2", **_PLAIN),
     "s48": dict(size=48, texture=6, **_PLAIN),
+    # issue #15, second session: coarser stripes and larger shapes, then one lever at a time on "c2L"
+    "c2": dict(texture=6, stripe_scale=2, **_DEEP, **_PLAIN),
+    "c2L": dict(texture=6, stripe_scale=2, shape_scale=1.4, **_DEEP, **_PLAIN),
+    "c2Ld2": dict(texture=6, stripe_scale=2, shape_scale=1.4, n_layers_D=2, **_DEEP, **_PLAIN),
+    "c2Ld1": dict(texture=6, stripe_scale=2, shape_scale=1.4, n_layers_D=1, **_DEEP, **_PLAIN),
+    "c2La": dict(texture=6, stripe_scale=2, shape_scale=1.4, **_DEEP),  # official anti-aliased resampling
+    "c2Lb4": dict(texture=6, stripe_scale=2, shape_scale=1.4, batch_size=4, n_epochs=12, n_epochs_decay=6,
+                  fastcut=dict(n_epochs=12, n_epochs_decay=6), **_DEEP, **_PLAIN),
+    "c2L4b": dict(texture=6, stripe_scale=2, shape_scale=1.4, netG="resnet_4blocks", nce_layers="4,8,12",
+                  qs_layers="1,2", n_epochs=8, n_epochs_decay=4, fastcut=dict(n_epochs=8, n_epochs_decay=4),
+                  **_PLAIN),
+    "c2Lh1": dict(texture=6, stripe_scale=2, shape_scale=1.4, hint=0.1, **_DEEP, **_PLAIN),
 }
 
 
