@@ -31,9 +31,8 @@ import torch
 
 from eval.folders import EvalError, check_coverage, image_resolution, list_images, sha256_file
 from eval.frechet import feature_statistics, frechet_distance, kernel_inception_distance
-
+from eval.weights import FID_MODES as MODES
 from eval.weights import INCEPTION_SHA256
-from qsattn.config import FID_MODES as MODES
 
 WEIGHTS_ENV = "QSATTN_INCEPTION_WEIGHTS"
 DEFAULT_CACHE_DIR = Path(os.environ.get("QSATTN_EVAL_CACHE", Path.home() / ".cache" / "qsattn" / "eval"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qsattn.data.files import list_images as files_under
+from qsattn.data.files import sha256_file  # noqa: F401  (eval's metrics name their weights with it)
 from qsattn.errors import UserError
 
 
@@ -17,14 +19,14 @@ class EvalError(UserError, ValueError):
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """All images under `folder` (recursively, as clean-fid's folder mode does), sorted by path."""
+    """All images under `folder` with clean-fid's extensions (recursively, as its folder mode does), sorted."""
     from cleanfid.utils import EXTENSIONS   # (clean-fid imports torch: only when a folder is read)
 
     root = Path(folder)
     if not root.is_dir():
         raise EvalError(f"{root} is not a folder of images.")
     exts = {e.lower() for e in EXTENSIONS}
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix[1:].lower() in exts)
+    files = [Path(p) for p in files_under(root, tuple(f".{e}" for e in sorted(exts)))]
     if not files:
         raise EvalError(f"{root} contains no images ({', '.join(sorted(exts))}).")
     return files
@@ -58,15 +60,6 @@ def _named(stems: list[str], limit: int) -> str:
     return shown + (f", ... ({len(stems) - limit} more)" if len(stems) > limit else "")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file: it names the exact weights that produced a score."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def image_resolution(files: list[Path]) -> str:
@@ -84,9 +77,9 @@ def image_resolution(files: list[Path]) -> str:
 
 
 def check_known_counts(dataset: str, gen_dir: str | os.PathLike, ref_dir: str | os.PathLike | None) -> None:
-    """Without --test-input: for a known dataset (qsattn.datasets.REGISTRY), the generated folder must hold
+    """Without --test-input: for a known dataset (qsattn.data.datasets.REGISTRY), the generated folder must hold
     one image per test input (testA) and the reference folder the whole target split (testB)."""
-    from qsattn.datasets import REGISTRY
+    from qsattn.data.datasets import REGISTRY
 
     entry = REGISTRY.get(dataset)
     if entry is None:

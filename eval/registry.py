@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from eval.folders import EvalError
-from qsattn.config import FID_MODES
+from eval.weights import FID_MODES
 from qsattn.errors import did_you_mean
 
 
@@ -158,8 +158,8 @@ def fid_kid(opts: EvalOptions) -> dict:
 
 @register_metric("synthetic_gt")
 def synthetic_gt(opts: EvalOptions) -> dict:
-    """The built-in synthetic set's paired ground truth (qsattn/synthetic.py); test_input_dir is its testA."""
-    from qsattn.synthetic import score_translation
+    """The built-in synthetic set's paired ground truth (qsattn/data/synthetic.py); test_input_dir is its testA."""
+    from qsattn.data.synthetic import score_translation
 
     if opts.test_input_dir is None:
         raise EvalError("synthetic_gt needs the synthetic test split (--test-input DATASET/testA).")

@@ -60,7 +60,7 @@ def checkpoint_path(name: str, root: str | Path = RELEASED_ROOT) -> Path:
 
 def translations_dir(name: str) -> Path:
     """Where a released generator's translations of its test split go (generated output, not committed);
-    the folder records which file wrote them (qsattn/translate.py), so a replaced file is translated again."""
+    the folder records which file wrote them (qsattn/engine/translate.py), so a replaced file is translated again."""
     return Path("results") / "out" / "translations" / name
 
 
@@ -73,7 +73,7 @@ def expected_fids(name: str, csv: str | Path = EXPECTED_CSV) -> dict[str, float]
     """{fid_mode: published FID} of one released generator (matched by method and dataset)."""
     import pandas as pd
 
-    from results.naming import dataset_id, method_id
+    from qsattn.names import dataset_id, method_id
 
     entry = RELEASED.get(name)
     if entry is None:

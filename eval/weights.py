@@ -11,6 +11,9 @@ records the sha256 of the file that scored it, and the config key `drn_sha256` p
 """
 from __future__ import annotations
 
+# The FID protocols, as clean-fid names them (eval/fid.py): one FID and one KID per mode and checkpoint.
+FID_MODES = ("clean", "legacy_pytorch")
+
 INCEPTION_SHA256 = {
     "clean": "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4",
     "legacy_pytorch": "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",

@@ -1,7 +1,8 @@
-"""QS-Attn and the CUT family. The public API for use in other code bases:
+"""QS-Attn (Hu et al., CVPR 2022): what it adds to the CUT family of baselines/ (docs/architecture.md).
+The public API for use in other code bases:
 
     PatchSampleF    the patch sampler F (CUT's mlp_sample, with QS-Attn's query selection)
-    patch_nce_loss  CUT's PatchNCE loss
+    patch_nce_loss  CUT's PatchNCE loss (baselines/losses.py)
 
 Imported lazily, so that `python -m qsattn status` and other light commands do not load torch.
 """
@@ -14,7 +15,7 @@ def __getattr__(name):
 
         return PatchSampleF
     if name == "patch_nce_loss":
-        from qsattn.losses import patch_nce_loss
+        from baselines.losses import patch_nce_loss
 
         return patch_nce_loss
     raise AttributeError(f"module 'qsattn' has no attribute {name!r}")

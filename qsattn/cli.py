@@ -16,18 +16,18 @@ import sys
 
 # name -> (module, one-line help). Add a subcommand by adding one line here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("qsattn.train", "train one run from a YAML config (resumes if the run folder has a checkpoint)"),
-    "translate": ("qsattn.translate", "translate a whole folder or test split with a trained generator"),
-    "synthetic": ("qsattn.synthetic", "write the built-in synthetic dataset to disk"),
-    "data": ("qsattn.datasets", "download, verify and prepare a benchmark dataset"),
-    "eval": ("eval.cli", "FID/KID, segmentation and ground-truth scores of a run or two folders"),
+    "train": ("qsattn.engine.train", "train one run from a YAML config (resumes if the run folder has a checkpoint)"),
+    "translate": ("qsattn.engine.translate", "translate a whole folder or test split with a trained generator"),
+    "synthetic": ("qsattn.data.synthetic", "write the built-in synthetic dataset to disk"),
+    "data": ("qsattn.data.datasets", "download, verify and prepare a benchmark dataset"),
+    "eval": ("qsattn.engine.evaluate", "FID/KID, segmentation and ground-truth scores of a run or two folders"),
     "sweep": ("slurm.sweep", "run an experiment grid locally or on SLURM"),
     "status": ("slurm.status", "show the cells of a sweep: pending, running, done, failed"),
     "report": ("results.report", "build Table 1 and the plots from a sweep's MLflow runs"),
-    "bench": ("qsattn.bench", "time and measure memory of training steps and of the QS sampler"),
-    "methods": ("qsattn.methods", "list the methods and every option with its default"),
-    "mlflow": ("qsattn.tracking_cli", "the MLflow UI set up for comparing runs; send records kept in an outage"),
-    "parity": ("qsattn.parity", "check this project against your checkout of the official code, run here"),
+    "bench": ("qsattn.engine.bench", "time and measure memory of training steps and of the QS sampler"),
+    "methods": ("qsattn.engine.methods", "list the methods and every option with its default"),
+    "mlflow": ("qsattn.engine.tracking_cli", "the MLflow UI set up for comparing runs; send records kept in an outage"),
+    "parity": ("qsattn.engine.parity", "check this project against your checkout of the official code, run here"),
 }
 
 

@@ -2,7 +2,7 @@
 
 CUT and FastCUT come from `baselines/`; the QS-Attn variants differ from CUT only in the patch
 sampler (`qs_mode`). Ablations are further presets; any key can still be overridden from config.
-Plain data: `qsattn.config` resolves a method through `preset()`.
+Plain data: `qsattn.engine.config` resolves a method through `preset()`.
 """
 from __future__ import annotations
 

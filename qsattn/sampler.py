@@ -1,6 +1,6 @@
-"""The patch sampler F: CUT's random patches, and QS-Attn's query-selected attention.
+"""QS-Attn's patch sampler F: CUT's (baselines/sampler.py) with query-selected attention on some layers.
 
-QS-Attn (Hu et al., CVPR 2022) changes only this module. On the QS layers, the key side (features of
+QS-Attn (Hu et al., CVPR 2022) changes only the sampler. On the QS layers, the key side (features of
 the source image) computes an attention matrix from the raw features, keeps the N rows with the
 lowest entropy (the queries whose attention is most peaked, i.e. most distinctive), and routes the
 features through those rows. The query side (features of the translated image) reuses the key side's
@@ -28,20 +28,14 @@ any one machine (docs/faithfulness.md has the table, step by step).
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from baselines import sampler as cut
 from qsattn import qs_chunked as qc
 from qsattn.errors import UserError
-from qsattn.networks import init_weights
 from qsattn.selection import gather_rows, row_entropy, select_rows
 
 QS_MODES = ("none", "global", "local", "global+local")
-
-
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Official `Normalize(2)`: x / (‖x‖ + 1e-7) over dim 1."""
-    return x / (x.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7)
 
 
 # --- global ---------------------------------------------------------------------------------------
@@ -117,63 +111,38 @@ def route_local(attn: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.bmm(attn.flatten(0, 1).unsqueeze(1), values.flatten(0, 1)).flatten(0, 1)
 
 
-class PatchSampleF(nn.Module):
+class PatchSampleF(cut.PatchSampleF):
     """CUT's `mlp_sample` projection head with QS-Attn's query selection on `qs_layers`.
 
     forward(feats, patch_ids=None, attn_mats=None) -> (projected, ids, attns), one entry per layer:
       - key side: call with attn_mats=None; random layers use patch_ids[i] if given (else randperm),
         QS layers compute their own selection.
       - query side: pass the key side's ids and attns back in; they are reused unchanged.
-    Projected features are (B·N, nc), L2-normalised. The MLPs are created lazily from the first
-    batch's channel counts (or `build(channels)` when loading weights), as in the official code.
+    The other layers, the MLPs and the normalisation are CUT's (baselines/sampler.py).
     """
 
     def __init__(self, nc: int = 256, num_patches: int = 256, qs_mode: str = "none", qs_layers=(3, 4),
                  selection: str = "entropy", window: int = 7, local_layout: str = "official",
                  init_type: str = "xavier", init_gain: float = 0.02, use_mlp: bool = True,
                  impl: str = "naive", chunk: int = 1024):
-        super().__init__()
+        super().__init__(nc, num_patches, init_type, init_gain, use_mlp)
         if qs_mode not in QS_MODES:
             raise ValueError(f"unknown qs_mode '{qs_mode}' ({' | '.join(QS_MODES)})")
         if impl not in ("naive", "chunked"):
             raise ValueError(f"unknown qs_impl '{impl}' (naive | chunked)")
         self.impl, self.chunk = impl, chunk  # chunked: same result, O(N·HW) memory (qsattn/qs_chunked.py)
-        self.nc, self.num_patches, self.qs_mode = nc, num_patches, qs_mode
+        self.qs_mode = qs_mode
         self.qs_layers = set(qs_layers) if qs_mode != "none" else set()
         self.selection, self.window, self.local_layout = selection, window, local_layout
-        self.init_type, self.init_gain, self.use_mlp = init_type, init_gain, use_mlp
-        self.channels: list[int] = []
 
-    def build(self, channels: list[int], device=None) -> None:
-        """Create one Linear(C, nc)-ReLU-Linear(nc, nc) per layer (named mlp_0, mlp_1, … as official)."""
-        for i, c in enumerate(channels):
-            mlp = nn.Sequential(nn.Linear(c, self.nc), nn.ReLU(), nn.Linear(self.nc, self.nc))
-            setattr(self, f"mlp_{i}", mlp.to(device))
-        init_weights(self, self.init_type, self.init_gain)
-        self.channels = list(channels)
-
-    def forward(self, feats, patch_ids=None, attn_mats=None):
-        if self.use_mlp and not self.channels:
-            self.build([f.shape[1] for f in feats], feats[0].device)
-        out, ids_out, attn_out = [], [], []
-        for i, feat in enumerate(feats):
-            f = feat.flatten(2).transpose(1, 2)  # (B, HW, C)
-            if i in self.qs_layers:
-                self._check_positions(i, feat)
-                ids = patch_ids[i] if attn_mats is not None else None
-                attn = attn_mats[i] if attn_mats is not None else None
-                x, ids, attn = self._query_selected(feat, f, ids, attn)
-            else:
-                ids = patch_ids[i] if patch_ids is not None else None
-                if ids is None:
-                    ids = torch.randperm(f.shape[1], device=feat.device)[: min(self.num_patches, f.shape[1])]
-                x, attn = f[:, ids, :].flatten(0, 1), None
-            if self.use_mlp:
-                x = getattr(self, f"mlp_{i}")(x)
-            out.append(l2_normalize(x))
-            ids_out.append(ids)
-            attn_out.append(attn)
-        return out, ids_out, attn_out
+    def sample_layer(self, i, feat, patch_ids, attn_mats):
+        if i not in self.qs_layers:
+            return super().sample_layer(i, feat, patch_ids, attn_mats)
+        self._check_positions(i, feat)
+        f = feat.flatten(2).transpose(1, 2)  # (B, HW, C)
+        ids = patch_ids[i] if attn_mats is not None else None
+        attn = attn_mats[i] if attn_mats is not None else None
+        return self._query_selected(feat, f, ids, attn)
 
     def _check_positions(self, i: int, feat: torch.Tensor) -> None:
         """The official local layout views the selected windows as num_patches rows: with fewer positions

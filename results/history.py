@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from qsattn.run_folder import RunFolder
+from qsattn.engine.run_folder import RunFolder
 from results.naming import with_mode
 
 

@@ -1,30 +1,16 @@
 """How the table and the figures name, order and read the metrics, datasets and methods.
 
-Shared by results/report.py (the table) and results/plots.py (the figures), so that neither imports the
-other; eval/released.py reads the published FIDs' method and dataset names with it.
+Shared by results/stats.py and results/tables.py (the table) and results/plots.py (the figures), so that neither imports the
+other. The published method and dataset names are read by qsattn/names.py.
 """
 from __future__ import annotations
-
-import re
-import warnings
 
 import pandas as pd
 
 from eval.registry import VALUES
+from qsattn.names import key
 from qsattn.presets import METHODS
 
-# Method names as papers print them -> our method ids (qsattn/presets.py). Matched ignoring case,
-# spaces and punctuation; our own ids are accepted as they are.
-PAPER_METHODS = {
-    "CUT": "cut",
-    "FastCUT": "fastcut",
-    "QS-Attn (global)": "qsattn-global",
-    "QS-Attn (local)": "qsattn-local",
-    "QS-Attn (global+local)": "qsattn-global-local",
-}
-DATASET_ALIASES = {"horse2zebra": "horse2zebra", "horsezebra": "horse2zebra", "cat2dog": "cat2dog",
-                   "catdog": "cat2dog", "afhqcat2dog": "cat2dog", "cityscapes": "cityscapes",
-                   "labelsphotos": "cityscapes", "cityscapeslabelsphotos": "cityscapes"}
 METRIC_ALIASES = {"fid": "fid", "kid": "kid", "map": "mAP", "pixacc": "pixAcc", "classacc": "classAcc",
                   "gtscore": "gt_score"}
 MODED = ("fid", "kid", "fid_standin", "kid_standin")  # values that exist once per FID mode (fid_clean, ...)
@@ -46,29 +32,9 @@ LOWER_IS_BETTER, METRIC_LABELS = _value_tables()
 DATASET_ORDER = ("horse2zebra", "cat2dog", "cityscapes")
 
 
-def _key(text) -> str:
-    return re.sub(r"[^a-z0-9+]", "", str(text).lower())
-
-
-def method_id(name: str) -> str:
-    """A paper's method name (or one of our ids) -> our method id."""
-    if name in METHODS:
-        return name
-    table = {_key(k): v for k, v in PAPER_METHODS.items()} | {_key(m): m for m in METHODS}
-    if _key(name) in table:
-        return table[_key(name)]
-    warnings.warn(f"paper_numbers.csv: method {name!r} is neither one of ours nor in results.naming.PAPER_METHODS; "
-                  "add it there to compare it with our runs", stacklevel=2)
-    return name
-
-
-def dataset_id(name: str) -> str:
-    return DATASET_ALIASES.get(_key(name), str(name))
-
-
 def metric_id(name: str, fid_mode: str = "") -> str:
     """A paper's metric name -> ours; FID and KID carry their mode (fid_legacy_pytorch), 'fid' if unknown."""
-    base = METRIC_ALIASES.get(_key(name), str(name))
+    base = METRIC_ALIASES.get(key(name), str(name))
     mode = "" if fid_mode is None or fid_mode != fid_mode else str(fid_mode).strip()
     return f"{base}_{mode}" if base in MODED and mode and mode != "unknown" else base
 

@@ -8,7 +8,7 @@
   and the last one marked.
 - `qualitative_grid`: the same test inputs translated by every method (seed 0, last checkpoint).
 
-All take the tidy frame of `results.report.load_runs` / `load_run_dirs`; `make_plots` draws what the
+All take the tidy frame of `results.runs.load_runs` / `load_run_dirs`; `make_plots` draws what the
 data allow and says what it skipped.
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qsattn.data.files import is_image_file
+from qsattn.engine.run_folder import RunFolder
 from results.history import load_history
 from results.naming import DATASET_ORDER, LOWER_IS_BETTER, METRIC_LABELS, in_order, method_order, row_label, table_metrics
 from results.references import REFERENCE_LABELS, dataset_folder, synthetic_references
@@ -73,7 +75,7 @@ REFERENCE_STYLES = {"identity": dict(color="#555555", ls="--"), "fixed_striped":
 
 def primary_metric(df: pd.DataFrame, paper: pd.DataFrame, out: Path, references: dict | None = None) -> dict[str, Path]:
     """One panel per dataset: its primary metric per method, last vs best checkpoint, paper as a star;
-    a synthetic dataset's references (results.report.synthetic_references) as horizontal lines."""
+    a synthetic dataset's references (results.references.synthetic_references) as horizontal lines."""
     references = references or {}
     sns = _style()
     import matplotlib.pyplot as plt
@@ -226,7 +228,7 @@ def _test_inputs(run_params: dict, data_root: str | None) -> Path | None:
     if folder is None:
         return None
     try:
-        cfg = yaml.safe_load((Path(run_params["run_dir"]) / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load(RunFolder(run_params["run_dir"]).config.read_text()) or {}
     except (OSError, ValueError):
         cfg = {}
     return folder / ("testA" if cfg.get("direction", "AtoB") == "AtoB" else "testB")
@@ -236,7 +238,7 @@ def _images(folder: Path | None, stems) -> dict[str, Path]:
     """stem -> image file in `folder`, for the wanted stems ({} if the folder does not exist)."""
     if folder is None or not folder.is_dir():
         return {}
-    return {p.stem: p for p in folder.iterdir() if p.stem in stems and p.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    return {p.stem: p for p in folder.iterdir() if p.stem in stems and is_image_file(p.name)}
 
 
 def qualitative_grid(df: pd.DataFrame, out: Path, data_root: str | None = None, n_images: int = 4) -> dict[str, Path]:

@@ -1,12 +1,12 @@
 """The synthetic set's references that are not trained (identity, one fixed striped image): the scores to
-beat, for the table (results/report.py) and the figures (results/plots.py)."""
+beat, for the table (results/stats.py) and the figures (results/plots.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from qsattn.run_folder import RunFolder
+from qsattn.engine.run_folder import RunFolder
 from results.naming import DATASET_ORDER, in_order
 
 REFERENCE_LABELS = {"identity": "reference: identity (output = input)",
@@ -27,8 +27,8 @@ def dataset_folder(run_dir, dataset: str, data_root: str | None = None) -> Path 
 
 
 def synthetic_references(df: pd.DataFrame, data_root: str | None = None) -> dict[str, dict[str, dict]]:
-    """{dataset: qsattn.synthetic.reference_scores(...)} for each synthetic dataset the runs trained on."""
-    from qsattn.synthetic import reference_scores
+    """{dataset: qsattn.data.synthetic.reference_scores(...)} for each synthetic dataset the runs trained on."""
+    from qsattn.data.synthetic import reference_scores
 
     out = {}
     runs = df.drop_duplicates("run_id")

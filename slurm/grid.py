@@ -19,10 +19,10 @@ A grid file (see experiments/table1.yaml)::
 
 Resolution of one cell: Config defaults <- method preset <- grid defaults <- dataset overrides <- method
 overrides <- ablation `set` and `vary` <- matching `cells` entries. Every cell is validated by
-`qsattn.config.resolve`; a bad key is an error naming the file and the cell.
+`qsattn.engine.config.resolve`; a bad key is an error naming the file and the cell.
 
 A cell's id is a hash of its resolved config without the keys whose role is `runtime` or `evaluation`
-(`qsattn.config`: where runs and logs go, how often to log, how a finished run is scored), so moving the
+(`qsattn.engine.config`: where runs and logs go, how often to log, how a finished run is scored), so moving the
 run root or the MLflow store, or re-scoring under another protocol, keeps the ids, and any change that
 can change a trained model gives a new id and a new run folder.
 """
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qsattn.config import (FIELDS, NOT_IN_CELL_ID, Config, ConfigError, apply, coerce, preset, resolve, show,
+from qsattn.engine.config import (FIELDS, NOT_IN_CELL_ID, Config, ConfigError, apply, coerce, preset, resolve, show,
                            split_key_value)
 from qsattn.errors import did_you_mean
 

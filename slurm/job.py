@@ -1,7 +1,7 @@
 """One sweep job: a checkpointable callable around one cell (dino's run_with_submitit `Trainer`).
 
-`__call__` runs the cell (train or resume, translate, evaluate: `qsattn.pipeline.run_cell`) holding the
-run folder's lock (`qsattn.run_folder.locked`) for all of it, and leaves small status records in the
+`__call__` runs the cell (train or resume, translate, evaluate: `qsattn.engine.pipeline.run_cell`) holding the
+run folder's lock (`qsattn.engine.run_folder.locked`) for all of it, and leaves small status records in the
 cell's run folder, `<run_dir>/sweep/{submitted,started,finished,failed}.json`, so that `status` needs neither sacct nor the submitit folder (a packed cell, slurm/pack.py, runs the same
 CellJob in its own process, and its records also name its pack). `checkpoint()` is what submitit calls on
 preemption or near the time limit (signal USR2): it returns a fresh copy of the job to requeue; the
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import submitit
 
-from qsattn.config import Config
-from qsattn.run_folder import RECORDS, RunBusy, RunFolder, Stopped, locked, read_records, request_stop  # noqa: F401
+from qsattn.engine.config import Config
+from qsattn.engine.run_folder import RECORDS, RunBusy, RunFolder, Stopped, locked, read_records, request_stop  # noqa: F401
 
 STAGES = ("full", "train", "eval")
 BUSY = "running elsewhere"  # the result state of a job whose cell another live process holds
@@ -32,7 +32,7 @@ BUSY = "running elsewhere"  # the result state of a job whose cell another live 
 def write_record(run_dir: Path | str, kind: str, **fields) -> None:
     """Atomically write <run_dir>/sweep/<kind>.json with a timestamp."""
     assert kind in RECORDS, kind
-    from qsattn.atomic import atomic_write_text
+    from qsattn.engine.atomic import atomic_write_text
 
     data = {"time": time.time(), "host": socket.gethostname(), **fields}
     atomic_write_text(RunFolder(run_dir).record(kind), json.dumps(data, indent=1, default=str))
@@ -51,7 +51,7 @@ def job_id_here() -> str:
 
 def train_only(cfg: Config) -> dict:
     """`--stage train`: train or resume, nothing else (translate and evaluate later)."""
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     run_dir = train(cfg, progress=False)
     done = RunFolder(run_dir).done
@@ -60,13 +60,13 @@ def train_only(cfg: Config) -> dict:
 
 def eval_only(cfg: Config) -> dict:
     """`--stage eval`: re-score a trained cell under the grid's evaluation keys (no training)."""
-    from qsattn.pipeline import evaluate_run
+    from qsattn.engine.pipeline import evaluate_run
 
     return evaluate_run(cfg, progress=False)
 
 
 def full_cell(cfg: Config) -> dict:
-    from qsattn.pipeline import run_cell  # imported in the job: the launcher never imports torch
+    from qsattn.engine.pipeline import run_cell  # imported in the job: the launcher never imports torch
 
     return run_cell(cfg)
 
@@ -123,7 +123,7 @@ class CellJob(submitit.helpers.Checkpointable):
     def _run_saving_on_preemption(self) -> dict:
         """submitit's USR2 handler requeues and exits at once, losing the steps since the last checkpoint.
         While training runs, USR2 instead asks the loop to save at its next step boundary and stop
-        (`qsattn.run_folder.request_stop`); then submitit's own handler is called (checkpoint() and requeue)."""
+        (`qsattn.engine.run_folder.request_stop`); then submitit's own handler is called (checkpoint() and requeue)."""
         import signal
 
         submitit_handler = signal.getsignal(signal.SIGUSR2)

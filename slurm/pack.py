@@ -23,13 +23,13 @@ from pathlib import Path
 
 import submitit
 
-from qsattn.config import Config
-from qsattn.run_folder import RunFolder, Stopped, read_records, request_stop
+from qsattn.engine.config import Config
+from qsattn.engine.run_folder import RunFolder, Stopped, read_records, request_stop
 from slurm.job import BUSY, CellJob, job_id_here, write_record
 
 # Imported once by the pack's fork server, then shared by its K cells' processes: K cold imports of torch
 # and MLflow at once take tens of seconds on a busy node. (Nothing here touches CUDA before the fork.)
-PRELOAD = ("qsattn.train", "qsattn.translate", "eval.registry", "qsattn.tracking", "mlflow", "slurm.pack")
+PRELOAD = ("qsattn.engine.train", "qsattn.engine.translate", "eval.registry", "qsattn.engine.tracking", "mlflow", "slurm.pack")
 PREEMPTED_EXIT = 75  # a cell's process stopped on USR2 after saving (EX_TEMPFAIL): resumed by the requeued pack
 BUSY_EXIT = 73  # a cell's process found its run folder held by another live process (another sweep runs it)
 

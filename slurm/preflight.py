@@ -3,7 +3,7 @@
 A cluster job that finds its dataset folder missing fails after its queue wait; one that finds no
 Inception or DRN weights fails after ten hours of training. So before submitting, the sweep checks for
 every cell: its dataset folder and the image count of each split (the published counts of the known
-datasets, qsattn/datasets.py), the evaluation weights its metrics need (Inception for FID/KID, DRN for
+datasets, qsattn/data/datasets.py), the evaluation weights its metrics need (Inception for FID/KID, DRN for
 the Cityscapes segmentation scores; read through the config: inception_weights, drn_weights), that the
 run, log and store folders can be written, that an MLflow server answers, and that the device exists.
 Every problem is collected, then reported in one message, each with how to fix it.
@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qsattn.data.files import count_images
 from slurm.grid import Cell
 
 TRAIN_SPLITS = ("trainA", "trainB")
@@ -73,7 +74,7 @@ def writable(path: str | os.PathLike) -> bool:
 # --- datasets -----------------------------------------------------------------------------------
 
 def _dataset_fix(name: str, root: Path) -> str:
-    from qsattn.datasets import REGISTRY
+    from qsattn.data.datasets import REGISTRY
 
     entry = REGISTRY.get(name)
     if entry is None:
@@ -101,22 +102,15 @@ def ensure_synthetic(cells: list[Cell], checks: Checks, generate_now: bool) -> l
             checks.add(f"the synthetic dataset cannot be generated: {nearest_existing(folder)} is not writable",
                        "choose a writable `data_root` in the grid", group)
             continue
-        from qsattn.synthetic import generate
+        from qsattn.data.synthetic import generate
 
         generate(folder, size=size)
         done.append(f"generated the synthetic dataset in {folder} ({size} px)")
     return done
 
 
-def count_images(folder: Path) -> int:
-    """Images in `folder` as training finds them (qsattn.data: recursive, its extensions); 0 if absent."""
-    from qsattn.data import list_images
-
-    return len(list_images(folder)) if folder.is_dir() else 0
-
-
 def check_datasets(cells: list[Cell], stage: str, checks: Checks) -> None:
-    from qsattn.datasets import REGISTRY
+    from qsattn.data.datasets import REGISTRY
 
     for (root, name), group in _groups(cells, lambda c: (Path(c.config.data_root), c.config.dataset)).items():
         folder = root / name
@@ -153,14 +147,14 @@ def check_datasets(cells: list[Cell], stage: str, checks: Checks) -> None:
 
 def metrics_of(cfg) -> list[str]:
     """The metrics a full cell computes after training (as the pipeline decides them)."""
-    from qsattn.pipeline import default_metrics
+    from qsattn.engine.pipeline import default_metrics
 
     return default_metrics(cfg)
 
 
 def check_eval_weights(cells: list[Cell], cluster: str, checks: Checks, fetch: bool) -> None:
     fid_cells = [c for c in cells if {"fid", "kid"} & set(metrics_of(c.config))]
-    from qsattn.config import fid_modes
+    from qsattn.engine.config import fid_modes
 
     per_mode = [(mode, c) for c in fid_cells for mode in fid_modes(c.config)]
     for (mode, given), pairs in _groups(per_mode, lambda mc: (mc[0], mc[1].config.inception_weights)).items():
@@ -240,7 +234,7 @@ def server_answers(uri: str, timeout: float = 5.0) -> str:
 
 
 def check_tracking(cells: list[Cell], checks: Checks) -> None:
-    from qsattn.tracking import resolve_uri
+    from qsattn.engine.tracking import resolve_uri
 
     for uri, group in _groups(cells, lambda c: c.config.tracking_uri).items():
         if uri == "off":

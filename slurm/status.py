@@ -22,11 +22,13 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qsattn.run_folder import RunFolder, holder, read_records
+from eval.registry import PRIMARY
+from qsattn.engine.run_folder import RunFolder, holder, read_records
 from slurm.grid import Cell, GridError, expand, select
 
-PRIMARY_METRICS = ("fid_legacy_pytorch_last", "fid_clean_last", "fid_last", "gt_score_last", "gt_score",
-                   "fid_standin_legacy_pytorch_last", "fid_standin_clean_last", "mAP_last")
+# The value a finished cell shows: the last checkpoint's primary value, in the order the metrics' registry
+# declares it (eval.registry.PRIMARY); then the names of runs scored before the FID modes were named.
+PRIMARY_METRICS = tuple(f"{name}_last" for name in PRIMARY) + ("fid_last", "gt_score")
 TRAIN_METRICS = ("NCE", "G", "D")
 
 
@@ -155,7 +157,7 @@ def folder_status(run_dir: Path | str, live: dict[str, str], name: str = "", cel
     st.job_id = str(latest.get("job_id", ""))
     st.pack = str(latest.get("pack") or records.get("submitted", {}).get("pack") or "")
     st.log = _log_file(records.get("submitted", {}), st.job_id, run_dir)
-    from qsattn.tracking import tracking_note
+    from qsattn.engine.tracking import tracking_note
 
     st.tracking = tracking_note(run_dir)
     progress = read_progress(run_dir)
@@ -200,7 +202,7 @@ def _add_training_metrics(cells: list[Cell], out: list[CellStatus]) -> None:
     try:
         import mlflow
 
-        from qsattn.tracking import resolve_uri
+        from qsattn.engine.tracking import resolve_uri
 
         clients = {}
         for cell, st in wanted:

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from qsattn.config import split_key_value
-from qsattn.run_folder import RunFolder
+from qsattn.engine.config import split_key_value
+from qsattn.engine.run_folder import RunFolder
 from slurm.grid import Cell, GridError, expand, select
 
 PROFILE_DIR = Path(__file__).resolve().parent
@@ -161,7 +161,7 @@ def for_jobs(cell: Cell, threads: int = 0) -> Cell:
     """Run and data folders and the MLflow store made absolute (jobs may start in another folder), and
     torch's CPU threads set to the job's share of cores where the grid leaves num_threads at 0:
     several processes each using every core run many times slower."""
-    from qsattn.tracking import resolve_uri
+    from qsattn.engine.tracking import resolve_uri
 
     cfg = cell.config
     uri = cfg.tracking_uri if cfg.tracking_uri == "off" else resolve_uri(cfg.tracking_uri)
@@ -176,7 +176,7 @@ def prepare_tracking(cells: list[Cell]) -> None:
     """Create each MLflow store and experiment (its kind, description and view) once, here, before any
     job starts, under the store's lock: two sweeps creating a fresh SQLite store at once corrupt it.
     A store that does not answer is left to the jobs (they train anyway and keep their records)."""
-    from qsattn.tracking import ensure_experiment, open_client
+    from qsattn.engine.tracking import ensure_experiment, open_client
 
     for uri, experiment in sorted({(c.config.tracking_uri, c.config.experiment) for c in cells}):
         if uri == "off":

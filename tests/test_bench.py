@@ -60,7 +60,7 @@ def test_bench_rejects_an_unknown_key_reuse(tmp_path):
 
 
 def test_bench_imports_with_torch_alone():
-    code = ("import sys, qsattn.bench, qsattn.model, qsattn.qs_chunked, qsattn.train, qsattn.data, qsattn.synthetic; "
+    code = ("import sys, qsattn.engine.bench, baselines.model, qsattn.qs_chunked, qsattn.engine.train, qsattn.data.unaligned, qsattn.data.synthetic; "
             "bad = {'mlflow', 'cleanfid', 'submitit', 'pandas'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qsattn import cli
-from qsattn.config import FIELDS, Config, show
+from qsattn.engine.config import FIELDS, Config, show
 from qsattn.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_user_errors_print_one_line_without_a_traceback(argv, message, capsys):
 def test_translate_with_a_discriminator_or_a_text_file_is_one_clear_error(tmp_path, capsys):
     import torch
 
-    from qsattn.networks import NLayerDiscriminator
+    from baselines.networks import NLayerDiscriminator
 
     torch.save(NLayerDiscriminator(ndf=8).state_dict(), tmp_path / "latest_net_D.pth")
     (tmp_path / "notes.txt").write_text("lr: 0.0002\n")
@@ -58,14 +58,14 @@ def test_translate_with_a_discriminator_or_a_text_file_is_one_clear_error(tmp_pa
 
 def test_every_error_a_user_fixes_shares_the_one_base_class():
     from eval.folders import EvalError
-    from qsattn.atomic import DiskFull
-    from qsattn.checkpoint import CheckpointError
-    from qsattn.config import ConfigError
-    from qsattn.data import DataError
-    from qsattn.datasets import DatasetError
-    from qsattn.run_folder import RunBusy
-    from qsattn.train import NonFinite
-    from results.report import ReportError
+    from qsattn.engine.atomic import DiskFull
+    from qsattn.engine.checkpoint import CheckpointError
+    from qsattn.engine.config import ConfigError
+    from qsattn.data.unaligned import DataError
+    from qsattn.data.datasets import DatasetError
+    from qsattn.engine.run_folder import RunBusy
+    from qsattn.engine.train import NonFinite
+    from results.runs import ReportError
     from slurm.grid import GridError
 
     for error in (ConfigError, DataError, DatasetError, EvalError, GridError, RunBusy, ReportError, CheckpointError,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qsattn.config import FIELDS, NOT_IN_CELL_ID, RESUMABLE_KEYS, RETIRED_KEYS, ROLES, Config, ConfigError, markdown_reference, resolve
+from qsattn.engine.config import FIELDS, NOT_IN_CELL_ID, RESUMABLE_KEYS, RETIRED_KEYS, ROLES, Config, ConfigError, markdown_reference, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,8 +74,8 @@ def test_docs_config_md_is_the_generated_reference():
 
 def test_a_retired_key_is_read_as_its_replacement_and_never_blocks_a_resume():
     """Run folders and grids written when one FID mode was scored (`fid_mode: legacy_pytorch`) still load."""
-    from qsattn.checkpoint import config_mismatches
-    from qsattn.config import resolve
+    from qsattn.engine.checkpoint import config_mismatches
+    from qsattn.engine.config import resolve
 
     cfg = resolve({"fid_mode": "legacy_pytorch"})
     assert cfg.fid_modes == "legacy_pytorch"

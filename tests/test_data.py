@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from qsattn import data
-from qsattn.data import DataError, UnalignedDataset
+from qsattn.data import unaligned as data
+from qsattn.data.unaligned import DataError, UnalignedDataset
 
 
 def _rgb(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -175,7 +175,7 @@ def test_truncated_image_raises_naming_it_or_is_skipped_and_counted(root, caplog
     with pytest.raises(DataError) as e:
         UnalignedDataset(root)
     assert bad in str(e.value) and "skip_bad_images=true" in str(e.value)
-    with caplog.at_level(logging.WARNING, logger="qsattn.data"):
+    with caplog.at_level(logging.WARNING, logger="qsattn.data.unaligned"):
         ds = UnalignedDataset(root, skip_bad_images=True, crop_size=16, load_size=20)
     assert ds.skipped == [bad] and bad not in ds.B_paths and len(ds.B_paths) == 4
     assert bad in caplog.text
@@ -222,7 +222,7 @@ def test_a_cache_that_cannot_be_written_does_not_fail(root, monkeypatch, caplog)
     def refuse(*a, **k):
         raise PermissionError("read-only")
     monkeypatch.setattr(data.tempfile, "mkstemp", refuse)
-    with caplog.at_level(logging.WARNING, logger="qsattn.data"):
+    with caplog.at_level(logging.WARNING, logger="qsattn.data.unaligned"):
         ds = UnalignedDataset(root)
     assert len(ds) == 5 and not (root / ".scan_cache.json").exists() and "scan cache" in caplog.text
 
@@ -375,8 +375,8 @@ def test_mixed_sizes_without_resizing_are_one_error_at_open_naming_the_odd_files
 
 
 def test_training_opens_its_dataset_with_the_one_size_rule(tmp_path):
-    from qsattn.config import resolve
-    from qsattn.train import make_dataset
+    from qsattn.engine.config import resolve
+    from qsattn.engine.train import make_dataset
 
     _write(tmp_path / "d" / "trainA", 2, 40, 32)
     _write(tmp_path / "d" / "trainB", 2, 36, 32, start=100)

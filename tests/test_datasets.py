@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from qsattn import datasets as ds
-from qsattn.datasets import DatasetError
+from qsattn.data import datasets as ds
+from qsattn.data.datasets import DatasetError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def test_without_hash_or_length_a_tar_cut_at_a_member_boundary_is_not_prepared(s
 
 PREPARE = """
 import dataclasses, json, sys
-from qsattn import datasets as ds
+from qsattn.data import datasets as ds
 spec = json.loads(sys.argv[1])
 real = ds.REGISTRY["horse2zebra"]
 source = dataclasses.replace(real.sources[0], url=spec["url"], size=spec["size"], sha256=spec["sha256"])

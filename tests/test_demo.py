@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qsattn.synthetic import DEMO_DATASET
+from qsattn.data.synthetic import DEMO_DATASET
 from slurm.grid import expand
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from qsattn.config import resolve
-from qsattn.synthetic import generate
+from qsattn.engine.config import resolve
+from qsattn.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -38,7 +38,7 @@ class PooledProjection:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny run, two epochs, both kept: (root, config values)."""
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     root = tmp_path_factory.mktemp("evalrun")
     generate(root / "datasets" / "synthetic", size=32, n_train=6, n_test=3)
@@ -71,13 +71,13 @@ def test_eval_of_a_run_scores_the_final_and_every_kept_checkpoint(trained):
 
 
 def test_a_finished_run_is_rescored_under_another_protocol_without_training(trained, monkeypatch):
-    import qsattn.train
-    from qsattn.pipeline import evaluate_run
+    import qsattn.engine.train
+    from qsattn.engine.pipeline import evaluate_run
     from slurm.grid import cell_id
 
     root, values, run_dir = trained
     files = {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
-    monkeypatch.setattr(qsattn.train, "train", lambda *a, **k: pytest.fail("re-scoring must not train"))
+    monkeypatch.setattr(qsattn.engine.train, "train", lambda *a, **k: pytest.fail("re-scoring must not train"))
     fx = PooledProjection()
     kw = dict(feature_extractor=fx, cache_dir=root / "cache", extra={"num_workers": 0})
     clean_cfg = resolve({**values, "eval_metrics": "fid,kid", "fid_modes": "clean", "eval_checkpoints": "last"})
@@ -102,11 +102,11 @@ def test_a_finished_run_is_rescored_under_another_protocol_without_training(trai
 
 
 def test_rescoring_a_folder_another_process_holds_is_refused(trained):
-    from qsattn.pipeline import evaluate_run
-    from qsattn.run_folder import RunBusy
+    from qsattn.engine.pipeline import evaluate_run
+    from qsattn.engine.run_folder import RunBusy
 
     _, values, run_dir = trained
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom qsattn.run_folder import locked\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom qsattn.engine.run_folder import locked\n"
                                f"with locked({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": str(ROOT)})
     try:
@@ -119,7 +119,7 @@ def test_rescoring_a_folder_another_process_holds_is_refused(trained):
 
 
 def test_translations_of_another_checkpoint_are_rewritten_not_reused(tmp_path):
-    from qsattn.translate import RECORD, load_generator, translate_folder, translation_identity
+    from qsattn.engine.translate import RECORD, load_generator, translate_folder, translation_identity
 
     generate(tmp_path / "data", size=32, n_train=2, n_test=3)
     state = torch.load(FIXTURES / "parity_common.pt", weights_only=True)["G"]
@@ -236,7 +236,7 @@ def test_the_released_model_self_check_end_to_end_with_stand_in_weights(tmp_path
 
 def test_a_cityscapes_set_without_labels_is_scored_by_fid_with_the_reason_segmentation_was_skipped(tmp_path):
     """CUT's cityscapes_val_for_CUT has no label maps: FID/KID, and the protocol says why no mAP."""
-    from qsattn.pipeline import evaluate_checkpoint
+    from qsattn.engine.pipeline import evaluate_checkpoint
 
     generate(tmp_path / "cityscapes_val_for_cut", size=32, n_train=1, n_test=3)
     ckpt = tmp_path / "latest_net_G.pth"

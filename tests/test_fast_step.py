@@ -15,10 +15,11 @@ import warnings
 import pytest
 import torch
 
-from qsattn import checkpoint as ckpt_io
-from qsattn import compiled_step
-from qsattn import model as M
-from qsattn.config import Config, ConfigError, resolve
+from qsattn.engine import checkpoint as ckpt_io
+from baselines import compiled_step
+from baselines import model as M
+from qsattn.engine.config import Config, ConfigError, resolve
+from qsattn.state import create_state
 
 SMALL = {"ngf": 8, "ndf": 8, "netF_nc": 32, "num_patches": 32, "crop_size": 32, "deterministic": True}
 PLAIN = {"adam_impl": "plain", "pin_memory": False}
@@ -49,7 +50,7 @@ def _run(method, overrides, steps=STEPS, odd_step=None):
     with _deterministic():
         cfg = resolve({"method": method, **SMALL, **overrides})
         torch.manual_seed(0)
-        state = M.create_state(cfg, "cpu")
+        state = create_state(cfg, "cpu")
         data, odd = _data(size=cfg.crop_size), _data(1, size=cfg.crop_size * 3 // 4, seed=2)[0]
         history = []
         for i in range(steps):
@@ -92,7 +93,7 @@ def test_foreach_adam_matches_plain_for_qsattn_global():
 def test_fused_adam_is_not_identical_so_it_is_off_by_default(plain_cut):
     # Fused Adam rounds differently; the conv biases in front of InstanceNorm have pure-rounding-noise
     # gradients that Adam scales up to ±lr updates, and the GAN amplifies the rest. If a torch release
-    # makes this identical, turn it on by default (qsattn/config.py) and flip this test.
+    # makes this identical, turn it on by default (qsattn/engine/config.py) and flip this test.
     losses, weights, _ = _run("cut", {**PLAIN, "adam_impl": "fused"})
     assert _max_weight_diff(weights, plain_cut[1]) > 1e-5
     assert Config.adam_impl != "fused"
@@ -193,7 +194,7 @@ def test_cudnn_benchmark_is_forced_off_when_deterministic():
 
 
 def test_host_batches_reach_the_device_unchanged():
-    from qsattn.train import to_device
+    from qsattn.engine.train import to_device
 
     batch = _data(1)[0]
     out = to_device(batch, torch.device("cpu"), pin_memory=True)  # pinning applies to CUDA targets only
@@ -211,7 +212,7 @@ def test_a_checkpoint_resumes_with_another_adam_impl(tmp_path, plain_cut):
     for impl in ("foreach", "fused"):
         cfg = resolve({"method": "cut", **SMALL, **PLAIN, "adam_impl": impl})
         assert ckpt_io.config_mismatches(saved["config"], cfg) == []
-        state = M.create_state(cfg, "cpu")
+        state = create_state(cfg, "cpu")
         ckpt_io.restore(state, saved)
         group = state.opt_G.param_groups[0]
         assert (group["foreach"], group["fused"]) == (impl == "foreach", impl == "fused")
@@ -270,7 +271,7 @@ EXACT = {"ngf": 16, "crop_size": 72, "load_size": 286}  # 16·72²/4 = 20736
 
 
 def _counting_encodes(monkeypatch):
-    from qsattn.networks import ResnetGenerator
+    from baselines.networks import ResnetGenerator
 
     calls = []
 
@@ -322,7 +323,7 @@ def test_key_reuse_auto_keeps_the_key_pass_for_qsattn(method):
     """QS-Attn's key features carry gradients (through the attention rows the query side reuses);
     reusing them sums those gradients in another order, so `auto` does not, and `always` does."""
     for mode, expected in (("auto", False), ("always", True), ("never", False)):
-        state = M.create_state(resolve({"method": method, **SMALL, "key_reuse": mode}), "cpu")
+        state = create_state(resolve({"method": method, **SMALL, "key_reuse": mode}), "cpu")
         assert M.reuses_keys(state, torch.zeros(1, 3, 32, 32)) is expected, mode
         assert M.reuses_keys(state, torch.zeros(1, 3, 32, 32), flipped=True) is False
 
@@ -363,7 +364,7 @@ def test_a_run_resumes_across_the_key_reuse_switch(tmp_path):
     saved = ckpt_io.load(path)
     cfg = resolve({"method": "cut", **SMALL, **EXACT, "key_reuse": "auto"})
     assert ckpt_io.config_mismatches(saved["config"], cfg) == []
-    state = M.create_state(cfg, "cpu")
+    state = create_state(cfg, "cpu")
     ckpt_io.restore(state, saved)
     data = _data(size=cfg.crop_size)
     torch.set_num_threads(1)
@@ -415,7 +416,7 @@ def _subnormals(t: torch.Tensor) -> int:
 def test_flushed_sets_ftz_on_every_torch_thread_and_clears_it_after():
     """MXCSR is per thread and torch.set_flush_denormal only sets the calling one: with 2 threads, half
     of a parallel multiply would keep its subnormals. Inside the block none may survive, after it all do."""
-    from qsattn.denormals import flushed
+    from baselines.denormals import flushed
 
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -435,7 +436,7 @@ def test_flushed_sets_ftz_on_every_torch_thread_and_clears_it_after():
 
 def _feature_grad_subnormals(monkeypatch):
     """Count the subnormal entries of every NCE feature gradient G's encoder receives."""
-    from qsattn.networks import ResnetGenerator
+    from baselines.networks import ResnetGenerator
 
     counts, real = [], ResnetGenerator.encode
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from qsattn.config import resolve
+from qsattn.engine.config import resolve
 from qsattn.float_bounds import U, FirstOrderBound, assert_within_bound, gamma
-from qsattn.model import create_state
+from qsattn.state import create_state
 
 
 def test_a_sum_gets_the_textbook_bound_and_an_exact_op_none():

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsattn import checkpoint as ckpt_io
-from qsattn.config import resolve
-from qsattn.model import create_state, discriminator_loss, generator_loss, train_step
+from qsattn.engine import checkpoint as ckpt_io
+from qsattn.engine.config import resolve
+from baselines.model import discriminator_loss, generator_loss, train_step
+from qsattn.state import create_state
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 
@@ -58,8 +59,8 @@ def test_chunked_selects_what_naive_selects_on_cuda(method):
 
 
 def test_training_resumes_and_translates_on_cuda(tmp_path):
-    from qsattn.synthetic import generate
-    from qsattn.train import train
+    from qsattn.data.synthetic import generate
+    from qsattn.engine.train import train
 
     generate(tmp_path / "data" / "synthetic", size=32, n_train=6, n_test=2)
     base = {"data_root": str(tmp_path / "data"), "run_root": str(tmp_path / "runs"), "tracking_uri": "off",
@@ -96,7 +97,7 @@ PLAIN = {"adam_impl": "plain", "pin_memory": False}
 def _gpu_run(overrides, steps=50, deterministic=True, odd_step=None):
     import os
 
-    from qsattn.model import configure_backends
+    from baselines.model import configure_backends
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     prev = torch.are_deterministic_algorithms_enabled()
@@ -109,7 +110,7 @@ def _gpu_run(overrides, steps=50, deterministic=True, odd_step=None):
         g = torch.Generator().manual_seed(1)
         data = [(torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, torch.rand(1, 3, 64, 64, generator=g) * 2 - 1) for _ in range(4)]
         odd = (torch.rand(1, 3, 48, 48, generator=g) * 2 - 1, torch.rand(1, 3, 48, 48, generator=g) * 2 - 1)
-        from qsattn.train import to_device
+        from qsattn.engine.train import to_device
 
         history = []
         for i in range(steps):
@@ -212,7 +213,7 @@ def test_key_reuse_always_on_cuda(method):
     never = _gpu_run({**PLAIN, "method": method, "key_reuse": "never"})
     always = _gpu_run({**PLAIN, "method": method, "key_reuse": "always"})
     probe = create_state(resolve({"method": "cut", **SMALL, "key_reuse": "auto"}), "cuda")
-    from qsattn.model import batched_keys_exact
+    from baselines.model import batched_keys_exact
 
     exact = batched_keys_exact(probe, torch.zeros(1, 3, 64, 64, device="cuda"))
     _record(f"key_reuse=always {method}", {**_diffs(always, never), "probe": exact})

@@ -1,19 +1,27 @@
 """The import graph of the harness has no cycle, between files or between packages.
 
 Every module of the packages is parsed with `ast` (nothing is imported), so an import inside a function
-counts like one at the top: a lazy import that only hides a cycle is still a cycle. A module named by a
-string (`importlib.import_module(name)`, the CLI's subcommand table) is not an import statement and is not
-seen here: the dispatcher in qsattn/cli.py sits above every package by design.
+counts like one at the top: a lazy import that only hides a cycle is still a cycle.
+
+The packages are the top-level folders, except that qsattn's two rooms, the engine (qsattn/engine/) and
+the data (qsattn/data/), are packages of their own, and so is the command line (qsattn/cli.py and
+qsattn/__main__.py), the composition root: it names each subcommand's module by a string in its COMMANDS
+table, and those names count here as its imports. Nothing imports the command line. Counted by top-level
+folder only, qsattn would hold both the engine and what the engine's users import (qsattn/errors.py, the
+sampler), so that view has cycles by construction: qsattn.engine -> eval -> qsattn.errors.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("qsattn", "baselines", "eval", "slurm", "results", "tools")
+ROOMS = ("qsattn.engine", "qsattn.data")  # sub-packages that are nodes of the package graph
+COMMAND_LINE = "qsattn.cli"  # the composition root; qsattn.__main__ only calls it
 
 
 def module_files(root: Path = ROOT, packages=PACKAGES) -> dict[str, Path]:
@@ -72,15 +80,48 @@ def file_graph(root: Path = ROOT, packages=PACKAGES) -> dict[str, dict[str, str]
     return graph
 
 
-def package_graph(files: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    """Top-level package -> {imported package: 'file:line'}: an import of pkg.mod inside package other is
-    other -> pkg."""
+def top_level(module: str) -> str:
+    return module.split(".")[0]
+
+
+def room_of(module: str) -> str:
+    """The package graph's node of a module: its room, the command line, or its top-level package."""
+    if module in (COMMAND_LINE, "qsattn.__main__"):
+        return COMMAND_LINE
+    return next((room for room in ROOMS if module == room or module.startswith(room + ".")), top_level(module))
+
+
+def package_graph(files: dict[str, dict[str, str]], node=top_level) -> dict[str, dict[str, str]]:
+    """Package -> {imported package: 'file:line'}: an import of pkg.mod inside package other is
+    other -> pkg; `node` names a module's package."""
     graph: dict[str, dict[str, str]] = {}
     for module, targets in files.items():
-        edges = graph.setdefault(module.split(".")[0], {})
+        edges = graph.setdefault(node(module), {})
         for target, where in targets.items():
-            if target.split(".")[0] != module.split(".")[0]:
-                edges.setdefault(target.split(".")[0], where)
+            if node(target) != node(module):
+                edges.setdefault(node(target), where)
+    return graph
+
+
+def command_modules(path: Path) -> dict[str, int]:
+    """{module: line} named by the COMMANDS table of a command-line file: {name: ("module", "help"), ...}."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        else:
+            target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(target, ast.Name) and target.id == "COMMANDS" and isinstance(node.value, ast.Dict):
+            return {value.elts[0].value: value.lineno for value in node.value.values}
+    raise AssertionError(f"{path}: no COMMANDS table")
+
+
+def harness_graph(root: Path = ROOT) -> dict[str, dict[str, str]]:
+    """The file graph of the harness, with the command line's subcommand modules as its imports."""
+    graph = file_graph(root)
+    cli_file = module_files(root)[COMMAND_LINE]
+    for module, line in command_modules(cli_file).items():
+        assert module in graph, f"{cli_file}:{line} names {module}, which is not a module of the harness"
+        graph[COMMAND_LINE].setdefault(module, f"{cli_file.relative_to(root)}:{line}")
     return graph
 
 
@@ -152,34 +193,41 @@ def describe(cycle: list[str], graph: dict[str, dict[str, str]]) -> str:
 
 # --- the checks of the harness --------------------------------------------------------------------------
 
-# Cycles that other work in progress removes (each named with where it is closed). The checks fail on any
-# other cycle, and on each of these once it is gone, so that this list can only shrink.
-OPEN_FILE_CYCLES = {
-    frozenset({"qsattn.model", "qsattn.compiled_step"}): "the step's compiled form (speed)",
-}
-OPEN_PACKAGE_CYCLES = {
-    # eval -> qsattn: EvalError's base and did_you_mean (qsattn.errors), the CLI's --run (config, pipeline),
-    # the synthetic ground truth (qsattn.synthetic), the FID modes (qsattn.config); qsattn -> eval: the
-    # pipeline scores; eval -> results: released.py reads the published names (results.naming); slurm and
-    # results join through them (slurm -> eval: the preflight; results -> slurm: the folders' status)
-    frozenset({"qsattn", "eval", "results", "slurm"}): "the engine and the metrics, until the engine has its own room",
-}
-
-
-def _check(graph: dict[str, dict[str, str]], still_open: dict[frozenset, str], what: str) -> None:
+def _check(graph: dict[str, dict[str, str]], what: str) -> None:
     found = tangles(graph)
-    new = [c for c in found if frozenset(c) not in still_open]  # a known tangle that grew is new too
-    assert not new, f"import cycles between {what}:\n" + "\n".join(describe(_a_cycle_in(c, graph), graph) for c in new)
-    closed = [sorted(c) for c in still_open if c not in {frozenset(f) for f in found}]
-    assert not closed, f"no longer a cycle (remove it from the list in tests/test_imports.py): {closed}"
+    assert not found, f"import cycles between {what}:\n" + "\n".join(describe(_a_cycle_in(c, graph), graph) for c in found)
 
 
 def test_no_import_cycle_between_files():
-    _check(file_graph(), OPEN_FILE_CYCLES, "files")
+    _check(harness_graph(), "files")
 
 
 def test_no_import_cycle_between_packages():
-    _check(package_graph(file_graph()), OPEN_PACKAGE_CYCLES, "packages")
+    _check(package_graph(harness_graph(), room_of), "packages")
+
+
+def test_nothing_imports_the_command_line():
+    importers = {m: where for m, targets in file_graph().items() for t, where in targets.items()
+                 if t == COMMAND_LINE and m != "qsattn.__main__"}
+    assert not importers, f"the command line is the composition root, imported by nothing: {importers}"
+
+
+def test_eval_and_baselines_do_not_import_the_engine():
+    packages = package_graph(harness_graph(), room_of)
+    assert "qsattn.engine" not in packages["eval"], f"eval imports the engine: {packages['eval']['qsattn.engine']}"
+    assert packages["baselines"] == {}, f"baselines (the CUT family) imports other packages: {packages['baselines']}"
+
+
+def test_the_architecture_page_lists_the_packages_in_an_order_the_imports_allow():
+    """docs/architecture.md says each package imports only those above it in its table."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    cells = re.findall(r"^\| `([^`]+)` \|", text, re.M)  # `qsattn/engine/` -> qsattn.engine, `qsattn/cli.py` -> qsattn.cli
+    listed = [cell.rstrip("/").removesuffix(".py").replace("/", ".") for cell in cells]
+    packages = package_graph(harness_graph(), room_of)
+    assert sorted(listed) == sorted(packages), f"docs/architecture.md lists {listed}, the packages are {sorted(packages)}"
+    upward = [f"{a} -> {b} at {where}" for a, edges in packages.items() for b, where in edges.items()
+              if listed.index(b) > listed.index(a)]
+    assert not upward, "imports of a package listed below the importer in docs/architecture.md: " + "; ".join(upward)
 
 
 # --- the checker itself, on small trees with known answers -----------------------------------------------
@@ -232,3 +280,16 @@ def test_an_acyclic_graph_and_outside_modules_give_no_cycle(tmp_path):
     graph = file_graph(root, ("a",))
     assert graph == {"a": {}, "a.x": {"a.y": "a/x.py:1"}, "a.y": {"a": "a/y.py:1"}}
     assert cycles(graph) == []
+
+
+def test_the_command_table_names_modules_and_rooms_are_nodes(tmp_path):
+    root = _tree(tmp_path, {"qsattn/__init__.py": "", "qsattn/errors.py": "",
+                            "qsattn/cli.py": 'COMMANDS: dict = {"x": ("qsattn.engine.x", "help")}\nimport qsattn.errors\n',
+                            "qsattn/engine/__init__.py": "", "qsattn/engine/x.py": "from qsattn import errors\n"})
+    assert command_modules(root / "qsattn" / "cli.py") == {"qsattn.engine.x": 1}
+    graph = harness_graph(root)
+    assert graph["qsattn.cli"] == {"qsattn.errors": "qsattn/cli.py:2", "qsattn.engine.x": "qsattn/cli.py:1"}
+    rooms = package_graph(graph, room_of)
+    assert rooms["qsattn.cli"] == {"qsattn": "qsattn/cli.py:2", "qsattn.engine": "qsattn/cli.py:1"}
+    assert rooms["qsattn.engine"] == {"qsattn": "qsattn/engine/x.py:1"} and rooms["qsattn"] == {}
+    assert cycles(rooms) == [] and cycles(package_graph(graph)) == []  # top level: all one node "qsattn"

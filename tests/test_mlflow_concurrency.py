@@ -1,5 +1,5 @@
 """Many jobs logging to one MLflow store at once lose nothing: 8 processes, each a run with params, tags
-and 100 metric values (50 steps x 2 keys) through `qsattn.tracking.Tracker`, against a fresh SQLite file (all
+and 100 metric values (50 steps x 2 keys) through `qsattn.engine.tracking.Tracker`, against a fresh SQLite file (all
 creating its schema at the same moment) and against a local `mlflow server`."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ N_STEPS = 50  # x 2 keys: 100 metric values per writer
 WRITER = textwrap.dedent("""
     import pathlib, sys, time
     uri, experiment, index, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), pathlib.Path(sys.argv[4])
-    from qsattn import tracking
+    from qsattn.engine import tracking
     import mlflow, mlflow.store.tracking.sqlalchemy_store  # imported first: all writers then start together
     tracking.FINISH_WAIT_S = 240  # the store is slow when 8 writers start at once; nothing may be left unsent
     (barrier / f"ready-{index}").touch()

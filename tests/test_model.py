@@ -4,12 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qsattn.config import ConfigError, resolve
+from qsattn.engine.config import ConfigError, resolve
 from qsattn.errors import UserError
-from qsattn.losses import patch_nce_loss
-from qsattn.methods import METHODS
-from qsattn.model import create_state, nce_loss, train_step
-from qsattn.networks import build_discriminator, build_generator, generator_from_state_dict
+from baselines.losses import patch_nce_loss
+from qsattn.engine.methods import METHODS
+from baselines.model import nce_loss, train_step
+from qsattn.state import create_state
+from baselines.networks import build_discriminator, build_generator, generator_from_state_dict
 from qsattn.sampler import (PatchSampleF, global_select, local_select, local_values, local_windows,
                             row_entropy)
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import qsattn.sampler
-from qsattn.config import resolve
+from qsattn.engine.config import resolve
 from qsattn.float_bounds import (FirstOrderBound, assert_within_bound, check_selection, entropy_bound, global_rows,
                                  local_rows, softmax_bound)
-from qsattn.model import create_state, discriminator_loss, generator_loss, nce_loss
+from baselines.model import discriminator_loss, generator_loss, nce_loss
+from qsattn.state import create_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = {"cut": "cut", "global": "qsattn-global", "local": "qsattn-local", "global_local": "qsattn-global-local"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qsattn import cli
-from qsattn.parity import Table
+from qsattn.engine.parity import Table
 
 ROOT = Path(__file__).parents[1]
 OFFICIAL_QS, OFFICIAL_CUT = ROOT / ".cache" / "official-qsattn", ROOT / ".cache" / "official-cut"
@@ -16,9 +16,9 @@ OFFICIAL_QS, OFFICIAL_CUT = ROOT / ".cache" / "official-qsattn", ROOT / ".cache"
 # The stand-in networks file: the official names and call signatures, this project's code inside.
 NETWORKS = '''
 import torch
-from qsattn.config import resolve
-from qsattn.losses import patch_nce_loss
-from qsattn.networks import ResnetGenerator, build_discriminator, build_generator
+from qsattn.engine.config import resolve
+from baselines.losses import patch_nce_loss
+from baselines.networks import ResnetGenerator, build_discriminator, build_generator
 from qsattn.sampler import PatchSampleF as _Ours
 
 MODE, BROKEN = {mode!r}, {broken!r}
@@ -59,7 +59,7 @@ class PatchSampleF(_Ours):
 '''
 PATCHNCE = '''
 import torch.nn as nn
-from qsattn.losses import patch_nce_loss
+from baselines.losses import patch_nce_loss
 
 
 class PatchNCELoss(nn.Module):

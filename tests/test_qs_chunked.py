@@ -6,8 +6,9 @@ import torch
 
 from qsattn import qs_chunked as qc
 from qsattn import sampler as naive
-from qsattn.config import resolve
-from qsattn.model import create_state, nce_loss, train_step
+from qsattn.engine.config import resolve
+from baselines.model import nce_loss, train_step
+from qsattn.state import create_state
 from qsattn.sampler import PatchSampleF
 from qsattn.selection import gather_rows
 from qsattn.float_bounds import check_selection, entropy_bound, global_rows, local_rows, softmax_bound

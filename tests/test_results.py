@@ -1,7 +1,7 @@
 """The report (results/): Table 1 from a sweep's MLflow runs, checked against the logged values.
 
-A small SQLite MLflow store is filled the way training (qsattn/train.py) and the cell pipeline
-(qsattn/pipeline.py) log: same tracker, tags, params, loss steps, `<metric>_last`/`_best` at step 0,
+A small SQLite MLflow store is filled the way training (qsattn/engine/train.py) and the cell pipeline
+(qsattn/engine/pipeline.py) log: same tracker, tags, params, loss steps, `<metric>_last`/`_best` at step 0,
 `checkpoint_<metric>` per epoch, protocol tags, metrics.json. Three methods x two datasets x three
 seeds, one failed run, one still running, cells without a published number, and a paper row for a
 method that was not run.
@@ -62,8 +62,8 @@ def log_cell(uri: str, root: Path, method: str, dataset: str, seed: int, state: 
     """One grid cell logged through the project's tracker, as train() and run_cell() log it."""
     import yaml
 
-    from qsattn.config import resolve
-    from qsattn.tracking import git_commit, open_tracker
+    from qsattn.engine.config import resolve
+    from qsattn.engine.tracking import git_commit, open_tracker
 
     cfg = resolve({"method": method, "dataset": dataset, "seed": seed, "tracking_uri": uri, "experiment": "fake",
                    "run_root": str(root / "runs"), "data_root": str(root / "datasets"),
@@ -135,7 +135,7 @@ def store(tmp_path_factory):
                          "running" if (method, dataset, seed) == RUNNING else "finished")
                 run_dir = log_cell(uri, root, method, dataset, seed, state)
                 if state == "running":
-                    from qsattn.run_folder import locked
+                    from qsattn.engine.run_folder import locked
 
                     live.enter_context(locked(run_dir))
     paper_csv = root / "paper.csv"
@@ -147,7 +147,8 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(store):
-    from results.report import load_paper, load_runs, table1_numbers
+    from results.runs import load_paper, load_runs
+    from results.stats import table1_numbers
 
     root, uri, paper_csv = store
     df = load_runs(uri, "fake")
@@ -214,7 +215,7 @@ def test_paper_column_difference_and_outside_ci_mark(report):
 
 def test_missing_cells_say_why(report):
     df, paper, numbers = report
-    from results.report import table1
+    from results.tables import table1
 
     local = _cell(numbers, "qsattn-local", "horse2zebra", "fid_legacy_pytorch", "last")
     assert local.n == 0 and local.note == "not run" and local.paper == 41.0
@@ -229,7 +230,8 @@ def test_missing_cells_say_why(report):
 
 
 def test_failed_and_running_only_cells(tmp_path):
-    from results.report import load_paper, table1_numbers
+    from results.runs import load_paper
+    from results.stats import table1_numbers
 
     base = dict(sweep="x", cell="c", variant="", dataset="horse2zebra", status_detail="", run_dir="", git_commit="",
                 fid_mode="", drn_arch="", start_time=0, metric="G", value=1.0)
@@ -243,7 +245,8 @@ def test_failed_and_running_only_cells(tmp_path):
 
 def test_n1_has_no_ci_and_says_so(report):
     df, paper, _ = report
-    from results.report import table1, table1_numbers
+    from results.stats import table1_numbers
+    from results.tables import table1
 
     one = df[(df.seed == 0) | (df.status != "finished")]
     numbers = table1_numbers(one, paper)
@@ -253,7 +256,8 @@ def test_n1_has_no_ci_and_says_so(report):
 
 
 def test_paper_csv_gives_each_number_its_protocol_and_maps_names():
-    from results.report import load_paper, method_id
+    from qsattn.names import method_id
+    from results.runs import load_paper
 
     paper = load_paper()
     # CUT paper Table 1 (two sources agree): legacy_pytorch, best-of-training, the published test split sizes
@@ -293,7 +297,8 @@ def test_report_command_writes_tables_and_plots(store, report, tmp_path, capsys)
 
 
 def test_run_folders_give_the_same_table(store, report):
-    from results.report import load_run_dirs, table1_numbers
+    from results.runs import load_run_dirs
+    from results.stats import table1_numbers
 
     root, _, _ = store
     df_dirs = load_run_dirs(root / "runs")
@@ -305,14 +310,15 @@ def test_run_folders_give_the_same_table(store, report):
 
 
 def test_unknown_experiment_error_says_what_to_do(store):
-    from results.report import ReportError, load_runs
+    from results.runs import ReportError, load_runs
 
     with pytest.raises(ReportError, match="pass --experiment"):
         load_runs(store[1], "nope")
 
 
 def test_released_generators_form_a_table(tmp_path):
-    from results.report import load_paper, load_released, table1_numbers
+    from results.runs import load_paper, load_released
+    from results.stats import table1_numbers
 
     (tmp_path / "horse2zebra_cut_pretrained.json").write_text(json.dumps(
         {"metrics": {"fid_legacy_pytorch": 45.6, "fid_clean": 43.8, "n_images": 120},
@@ -343,7 +349,8 @@ def test_modes_are_never_averaged_and_compared_only_with_the_same_mode(report):
 
 
 def test_a_paper_number_of_unknown_selection_or_other_image_counts_gets_no_delta(report, tmp_path):
-    from results.report import load_paper, table1_numbers
+    from results.runs import load_paper
+    from results.stats import table1_numbers
 
     df, _, _ = report
     csv = tmp_path / "paper.csv"
@@ -364,7 +371,7 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
     import yaml
     from mlflow import MlflowClient
 
-    from results.report import load_runs
+    from results.runs import load_runs
 
     def qsattn(*args):
         proc = subprocess.run([sys.executable, "-m", "qsattn", *args], cwd=tmp_path, capture_output=True, text=True,
@@ -393,8 +400,8 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
             row = _cell(numbers, run.data.tags["method"], "synthetic", "gt_score", which)
             assert row.n == 1 and row["mean"] == pytest.approx(run.data.metrics[f"gt_score_{which}"])
     assert (load_runs(uri, grid["defaults"]["experiment"]).drop_duplicates("run_id")["status"] == "finished").all()
-    from qsattn.synthetic import reference_scores  # the scores to beat, rows of the table (docs/demo.md)
-    from results.report import REFERENCE_LABELS
+    from qsattn.data.synthetic import reference_scores  # the scores to beat, rows of the table (docs/demo.md)
+    from results.references import REFERENCE_LABELS
 
     for name, scores in reference_scores(tmp_path / "datasets" / "synthetic").items():
         assert _cell(numbers, REFERENCE_LABELS[name], "synthetic", "gt_score", "last")["mean"] == pytest.approx(
@@ -407,7 +414,8 @@ def test_report_end_to_end_from_the_demo_sweep(tmp_path):
 
 def test_released_table_has_a_real_photos_row_for_the_segmentation_upper_bound(tmp_path):
     from results.released import REAL_PHOTOS
-    from results.report import REAL_PHOTOS_ROW, load_paper, load_released, table1_numbers
+    from results.runs import REAL_PHOTOS_ROW, load_paper, load_released
+    from results.stats import table1_numbers
 
     (tmp_path / f"{REAL_PHOTOS}.json").write_text(json.dumps(
         {"metrics": {"mAP": 62.1, "pixAcc": 90.2, "classAcc": 70.3},

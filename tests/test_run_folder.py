@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from qsattn.run_folder import RunBusy, locked
+from qsattn.engine.run_folder import RunBusy, locked
 
-HOLD = "import sys, time; from qsattn.run_folder import locked\nwith locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)"
+HOLD = "import sys, time; from qsattn.engine.run_folder import locked\nwith locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)"
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path):
@@ -36,7 +36,7 @@ def test_the_lock_is_free_again_after_the_block(tmp_path):
 
 def test_the_lock_is_reentrant_in_its_holder_and_still_refuses_others(tmp_path):
     """A sweep job holds its cell's lock for the whole cell and train() takes it again inside."""
-    code = ("import sys; from qsattn.run_folder import RunBusy, locked\n"
+    code = ("import sys; from qsattn.engine.run_folder import RunBusy, locked\n"
             "try:\n    locked(sys.argv[1]).__enter__()\nexcept RunBusy:\n    print('busy')")
     with locked(tmp_path):
         with locked(tmp_path):
@@ -49,7 +49,7 @@ def test_the_lock_is_reentrant_in_its_holder_and_still_refuses_others(tmp_path):
 
 
 def test_holder_names_a_live_holder_without_taking_the_lock(tmp_path):
-    from qsattn.run_folder import holder
+    from qsattn.engine.run_folder import holder
 
     assert holder(tmp_path) is None  # no lock file yet
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)

@@ -25,7 +25,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     (the preflight checks folders and counts, not every image's bytes)."""
     import shutil
 
-    from qsattn.synthetic import generate
+    from qsattn.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("data")
     generate(root / "synthetic", size=32, n_train=8, n_test=4, seed=0)
@@ -72,7 +72,7 @@ def test_dry_run_lists_the_cells_and_runs_nothing(tmp_path, synthetic_root, caps
     assert "1 cells, 1 to run" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(importlib.util.find_spec("qsattn.pipeline") is None, reason="qsattn.pipeline not there yet")
+@pytest.mark.skipif(importlib.util.find_spec("qsattn.engine.pipeline") is None, reason="qsattn.engine.pipeline not there yet")
 def test_a_finished_cell_is_skipped_and_keeps_its_one_mlflow_run(tmp_path, synthetic_root, capsys):
     grid = make_grid(tmp_path, synthetic_root, methods=("qsattn-global",), max_steps=2)
     assert cli(["sweep", str(grid), "--cluster", "debug"]) == 0
@@ -91,9 +91,9 @@ def test_a_failed_cell_is_reported_then_retried_from_its_checkpoint_into_the_sam
         tmp_path, synthetic_root, capsys, monkeypatch):
     import torch
 
-    import qsattn.train
+    import qsattn.engine.train
 
-    real_step, calls = qsattn.train.train_step, []
+    real_step, calls = qsattn.engine.train.train_step, []
 
     def failing_step(state, *args):
         calls.append(state.step)
@@ -102,7 +102,7 @@ def test_a_failed_cell_is_reported_then_retried_from_its_checkpoint_into_the_sam
         return real_step(state, *args)
 
     grid = make_grid(tmp_path / "sweep", synthetic_root)
-    monkeypatch.setattr(qsattn.train, "train_step", failing_step)
+    monkeypatch.setattr(qsattn.engine.train, "train_step", failing_step)
     assert cli(["sweep", str(grid), "--cluster", "debug", "--stage", "train"]) == 1
     (row,) = status_rows(grid, capsys).values()
     assert row["state"] == "failed" and "injected failure at step 3" in row["error"]
@@ -122,7 +122,7 @@ def test_a_failed_cell_is_reported_then_retried_from_its_checkpoint_into_the_sam
     history = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'sweep' / 'mlruns.db'}").get_metric_history(run_id, "NCE")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
 
-    monkeypatch.setattr(qsattn.train, "train_step", real_step)
+    monkeypatch.setattr(qsattn.engine.train, "train_step", real_step)
     reference = make_grid(tmp_path / "reference", synthetic_root)
     assert cli(["sweep", str(reference), "--cluster", "debug", "--stage", "train"]) == 0
     (ref_row,) = status_rows(reference, capsys).values()
@@ -175,8 +175,8 @@ def test_the_local_executor_runs_cells_as_processes_whose_job_ids_name_their_log
 
 
 def test_progress_json_is_what_status_and_the_waiting_sweep_show(tmp_path, synthetic_root, capsys):
-    from qsattn.run_folder import locked
-    from qsattn.train import write_progress
+    from qsattn.engine.run_folder import locked
+    from qsattn.engine.train import write_progress
     from slurm.grid import expand
     from slurm.sweep import ProgressPrinter
 
@@ -203,7 +203,7 @@ def test_stage_eval_rescores_trained_cells_under_the_grids_new_evaluation_keys_w
         tmp_path, synthetic_root, capsys, monkeypatch):
     """A finished sweep, then its grid's evaluation keys changed and `--stage eval`: the same cells (the cell
     id ignores evaluation keys) are scored again, nothing trains, and a cell never trained is left alone."""
-    import qsattn.train
+    import qsattn.engine.train
 
     grid = make_grid(tmp_path, synthetic_root, max_steps=8, keep_epoch_checkpoints=1)
     assert cli(["sweep", str(grid), "--cluster", "debug"]) == 0
@@ -212,7 +212,7 @@ def test_stage_eval_rescores_trained_cells_under_the_grids_new_evaluation_keys_w
     assert "gt_score_best" in first["metrics"] and first["protocol"]["checkpoints"]["scored"] == "all"
     stamps = {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
 
-    monkeypatch.setattr(qsattn.train, "train", lambda *a, **k: pytest.fail("--stage eval must not train"))
+    monkeypatch.setattr(qsattn.engine.train, "train", lambda *a, **k: pytest.fail("--stage eval must not train"))
     changed = yaml.safe_load(grid.read_text())
     changed["defaults"]["eval_checkpoints"] = "last"
     changed["methods"] = ["cut", "fastcut"]          # fastcut: never trained

@@ -17,7 +17,7 @@ from qsattn.cli import main as cli
 from slurm.grid import expand
 from test_sweep import make_grid, mlflow_runs, status_rows, synthetic_root  # noqa: F401 - fixture used by name
 
-HOLD = "import sys, time; from qsattn.run_folder import locked\nwith locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"
+HOLD = "import sys, time; from qsattn.engine.run_folder import locked\nwith locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"
 
 
 @pytest.fixture
@@ -74,8 +74,8 @@ def test_a_packed_cell_held_elsewhere_exits_as_skipped(tmp_path, synthetic_root,
 
 
 def test_records_left_by_a_dead_or_unrelated_process_never_say_running(tmp_path, synthetic_root, held, capsys):
-    from qsattn.tracking import open_tracker
-    from results.report import load_runs
+    from qsattn.engine.tracking import open_tracker
+    from results.runs import load_runs
     from slurm.job import write_record
 
     grid = make_grid(tmp_path, synthetic_root)

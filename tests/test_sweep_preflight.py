@@ -45,7 +45,7 @@ def test_the_bill_of_table1_gives_gpu_hours_per_method_and_disk(tmp_path, monkey
     assert cli(["sweep", str(ROOT / "experiments" / "table1.yaml"), "--estimate", "--allow-cpu"]) == 0
     out = capsys.readouterr().out
     # independently: one step per image of the larger domain, 400 epochs (FastCUT 200), 3 seeds
-    from qsattn.datasets import REGISTRY
+    from qsattn.data.datasets import REGISTRY
 
     per_epoch = sum(max(REGISTRY[d].counts["trainA"], REGISTRY[d].counts["trainB"])
                     for d in ("horse2zebra", "cat2dog", "cityscapes"))
@@ -75,8 +75,8 @@ def test_a_gpu_grid_on_a_machine_without_gpu_stops_at_once_with_its_bill_and_the
 
 
 def test_the_checkpoint_estimate_matches_a_real_checkpoint(tmp_path, synthetic_root):
-    from qsattn.config import resolve
-    from qsattn.train import train
+    from qsattn.engine.config import resolve
+    from qsattn.engine.train import train
 
     cfg = resolve(dict(TINY, method="qsattn-global", dataset="synthetic", data_root=str(synthetic_root),
                        run_root=str(tmp_path), tracking_uri="off", max_steps=2))
@@ -89,7 +89,7 @@ def test_the_checkpoint_estimate_matches_a_real_checkpoint(tmp_path, synthetic_r
     assert abs(bill_mod.checkpoint_bytes(cfg) - real) <= 1024 * (n_saved + 2 * n_params)
     assert abs(bill_mod.weights_bytes(cfg) - weights) <= 1024 * n_saved
     kept = tmp_path / "epoch.pt"  # a kept epoch checkpoint: the generator only
-    from qsattn import checkpoint as ckpt_io
+    from qsattn.engine import checkpoint as ckpt_io
 
     state = ckpt_io.load(run_dir / "checkpoints" / "latest.pt")
     torch_save = __import__("torch").save

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qsattn import synthetic
+from qsattn.data import synthetic
 from qsattn.cli import main
-from qsattn.data import UnalignedDataset
+from qsattn.data.unaligned import UnalignedDataset
 
 
 def _digest(folder) -> dict[str, str]:
@@ -97,8 +97,8 @@ def test_the_generator_cannot_see_a_global_colour_shift():
     constant c, so a per-image random background (most of the pixels) could never be reproduced."""
     import torch
 
-    from qsattn.config import resolve
-    from qsattn.model import create_state
+    from qsattn.engine.config import resolve
+    from qsattn.state import create_state
 
     torch.manual_seed(0)
     G = create_state(resolve({"method": "cut", "ngf": 8, "ndf": 8, "crop_size": 32, "load_size": 32,
@@ -233,3 +233,71 @@ def test_the_shuffled_control_tells_an_input_independent_answer_from_a_translati
     assert synthetic.shuffled_score(fixed, dataset) == synthetic.score_translation(fixed, dataset)
     _predict(dataset, tmp_path / "gt", "testA_gt")
     assert synthetic.shuffled_score(tmp_path / "gt", dataset)["gt_score"] < 0.5
+
+
+def _mask(folder, i=0):
+    return np.asarray(Image.open(folder / "testA_mask" / f"{i:06d}.png")) > 127
+
+
+def test_shape_scale_grows_each_shape_about_its_centre(dataset, tmp_path):
+    """shape_scale multiplies the radius of the same shape (same draws): the default mask lies inside the
+    scaled one, whose area is about scale^2 times larger (less where the border clips it)."""
+    big = synthetic.generate(tmp_path / "big", size=64, n_train=1, n_test=8, seed=0, shape_scale=1.4)
+    plain = synthetic.generate(tmp_path / "plain", size=64, n_train=1, n_test=8, seed=0)
+    ratios = []
+    for i in range(8):
+        small, large = _mask(plain, i), _mask(big, i)
+        assert not (small & ~large).any()
+        ratios.append(large.sum() / small.sum())
+    # 1.4^2 = 1.96 for an unclipped shape; pixel quantisation of a radius >= 11 px moves it by < 10 %,
+    # and clipping at the border (centres at >= 16 px from it, radius <= 25 px) only lowers it.
+    assert 1.5 < np.median(ratios) < 2.15 and max(ratios) < 2.15
+    assert json.loads((big / "meta.json").read_text())["shape_scale"] == 1.4
+
+
+def test_stripe_scale_widens_the_stripes():
+    """stripe_scale 2 doubles the period (0.1 to 0.2 of the side, unclamped at 64 px), so half as many
+    dark/white edges cross the image: the edge density of the same draws halves."""
+    def edges(scale):
+        rng = [np.random.default_rng(s) for s in range(20)]
+        return np.mean([np.mean(np.diff(synthetic._stripes(r, 64, scale)[..., 0].astype(int), axis=1) != 0)
+                        for r in rng])
+    # Exact halving for straight stripes; the wobble adds edges in proportion to its amplitude / period,
+    # which both scale alike, and pixel rounding of an edge's position is ±1 of >= 6 px: ±0.1 covers it.
+    assert 0.4 < edges(2.0) / edges(1.0) < 0.6
+
+
+@pytest.mark.parametrize("option", [{"stripe_scale": 0.2}, {"stripe_scale": 5}, {"shape_scale": 2}])
+def test_scales_out_of_range_are_refused(tmp_path, option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        synthetic.generate(tmp_path / "bad", size=32, **option)
+
+
+def test_the_command_line_takes_the_scales(tmp_path):
+    out = tmp_path / "cli"
+    assert main(["synthetic", "--out", str(out), "--stripe-scale", "2", "--shape-scale", "1.4",
+                 "--n-train", "1", "--n-test", "1"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["stripe_scale"], meta["shape_scale"]) == (2.0, 1.4)
+
+
+def test_the_iou_error_splits_into_false_positives_and_negatives(dataset, tmp_path):
+    """The input pasted with its shape shifted: every shape pixel outside the old mask is a false positive,
+    every uncovered mask pixel a false negative; with the union they account for the whole IoU."""
+    pred = tmp_path / "shifted"
+    pred.mkdir()
+    fp = fn = 0.0
+    for p in sorted((dataset / "testA").iterdir()):
+        gt = np.asarray(Image.open(dataset / "testA_gt" / p.name))
+        mask = np.asarray(Image.open(dataset / "testA_mask" / p.name)) > 127
+        shifted = np.roll(mask, 3, axis=1)  # shapes sit in the middle half: no wrap-around at 32 px
+        out = np.asarray(Image.open(p)).copy()
+        out[mask] = np.median(out[~mask], axis=0).astype(np.uint8)
+        out[shifted] = gt[mask][0]  # one stripe colour: black or white, both far from the background
+        Image.fromarray(out).save(pred / p.name)
+        union = (mask | shifted).sum()
+        fp += (shifted & ~mask).sum() / union / 5
+        fn += (mask & ~shifted).sum() / union / 5
+    scores = synthetic.score_translation(pred, dataset)
+    assert scores["shape_false_pos"] == pytest.approx(fp) and scores["shape_false_neg"] == pytest.approx(fn)
+    assert scores["shape_iou"] + scores["shape_false_pos"] + scores["shape_false_neg"] == pytest.approx(1.0)

@@ -1,4 +1,4 @@
-"""Tracking never costs a training step and loses nothing (qsattn/tracking.py, docs/tracking.md): an
+"""Tracking never costs a training step and loses nothing (qsattn/engine/tracking.py, docs/tracking.md): an
 unreachable server, a store that lost the run, runs that end FAILED / KILLED / FINISHED as they really
 ended, resumed runs that log each step once with the first window averaged over all its steps, two
 sweeps opening a fresh SQLite store at once, and the experiment set up for comparing runs."""
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from qsattn.cli import main as cli
-from qsattn.config import resolve
-from qsattn.synthetic import generate
+from qsattn.engine.config import resolve
+from qsattn.data.synthetic import generate
 from test_mlflow_concurrency import free_port, running_server
 
 mlflow = pytest.importorskip("mlflow")
@@ -50,7 +50,7 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def warnings_of(caplog, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "qsattn.tracking" and r.levelno == logging.WARNING
+    return [r.getMessage() for r in caplog.records if r.name == "qsattn.engine.tracking" and r.levelno == logging.WARNING
             and text in r.getMessage()]
 
 
@@ -60,8 +60,8 @@ def test_an_unreachable_server_costs_no_step_and_its_metrics_reach_it_later(data
     """Training with nothing listening on the tracking port finishes, warns once, and `status` says
     tracking offline; a live tracker reaches a server started later by itself, and `mlflow sync` sends
     the finished run's journal into one FINISHED run with every step once."""
-    from qsattn.tracking import Tracker, tracking_note
-    from qsattn.train import train
+    from qsattn.engine.tracking import Tracker, tracking_note
+    from qsattn.engine.train import train
     from slurm.status import folder_status
 
     port = free_port()
@@ -97,7 +97,7 @@ def test_an_unreachable_server_costs_no_step_and_its_metrics_reach_it_later(data
 def test_a_store_that_cannot_be_written_costs_one_warning_and_keeps_the_records(tmp_path, caplog):
     """A read-only store (here under /proc, where not even root creates its lock file: EROFS/ENOENT as on
     a read-only mount) never raises into training: one warning, the records kept, status offline."""
-    from qsattn.tracking import Tracker, tracking_note, unsent
+    from qsattn.engine.tracking import Tracker, tracking_note, unsent
 
     caplog.set_level(logging.INFO)
     t = Tracker("sqlite:////proc/qsattn-read-only/mlruns.db", "ro", "cut · synthetic · s0", tmp_path / "run")
@@ -112,7 +112,7 @@ def test_a_store_that_cannot_be_written_costs_one_warning_and_keeps_the_records(
 def test_a_store_that_lost_the_run_gets_a_new_run_with_the_whole_journal(data_root, tmp_path, caplog):
     """The folder resumed against a store without its run: another working directory's default
     relative store, or the store deleted (in another process: this one keeps a deleted SQLite file open)."""
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     first = f"sqlite:///{tmp_path / 'first.db'}"
     run_dir = train(config(data_root, tmp_path / "runs", first, max_steps=2), progress=False)
@@ -133,7 +133,7 @@ def test_a_store_that_lost_the_run_gets_a_new_run_with_the_whole_journal(data_ro
 
 def interrupt_at(monkeypatch, step: int, exc: BaseException):
     """Raise exc in place of the step that would make state.step == step (once)."""
-    from qsattn import train as training
+    from qsattn.engine import train as training
 
     real = training.train_step
     fired = []
@@ -150,7 +150,7 @@ def interrupt_at(monkeypatch, step: int, exc: BaseException):
 def test_a_non_finite_loss_ends_the_mlflow_run_failed(data_root, tmp_path, monkeypatch):
     import torch
 
-    from qsattn import train as training
+    from qsattn.engine import train as training
 
     real = training.train_step
 
@@ -172,7 +172,7 @@ RESUMED = dict(max_steps=6, checkpoint_every=3)  # log_every=2: readouts at 2, 4
 @pytest.fixture(scope="module")
 def straight(data_root, tmp_path_factory):
     """The loss history of an uninterrupted run: {key: [(step, value)]}."""
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     folder = tmp_path_factory.mktemp("straight")
     uri = f"sqlite:///{folder / 'mlruns.db'}"
@@ -189,7 +189,7 @@ def test_a_resumed_run_logs_each_step_once_with_the_first_window_complete(data_r
     is bit-exact (tests/test_train.py), the window's sums are in the checkpoint, so the same floats are
     summed in the same order. Killed at 5, the readout at 4 is already logged and is not logged again; killed
     at 4, the readout at 4 averages steps 3 and 4 although this process trained only step 4."""
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     values = RESUMED
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -229,7 +229,7 @@ def test_sigterm_ends_a_train_command_killed_and_resumable(data_root, tmp_path):
 def test_sync_sends_what_a_killed_process_left_and_records_it_killed(tmp_path, capsys):
     """A process killed before its sender ran (SIGKILL, a lost node): the journal holds its records;
     `mlflow sync` sends them, and, as nobody holds the folder, ends the run KILLED, not RUNNING."""
-    from qsattn.tracking import Tracker
+    from qsattn.engine.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     t = Tracker(uri, "killed", "cut · synthetic · s0", tmp_path / "run", tags={"method": "cut"}, start_thread=False)
@@ -285,7 +285,7 @@ def test_two_sweeps_opening_a_fresh_sqlite_store_at_once_leave_it_sound(tmp_path
 def test_the_experiment_is_set_up_for_comparing_runs(tmp_path):
     """Kind (the UI's machine-learning runs page), description, and a shared view whose columns are the
     name tags and the primary metrics; the sweep-level run holds the report and is no cell of it."""
-    from qsattn.tracking import Tracker, ensure_experiment, log_report, open_client, view_url
+    from qsattn.engine.tracking import Tracker, ensure_experiment, log_report, open_client, view_url
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     t = Tracker(uri, "cmp", "cut · synthetic · s0", tmp_path / "r", tags={"method": "cut", "dataset": "synthetic",
@@ -310,7 +310,7 @@ def test_the_experiment_is_set_up_for_comparing_runs(tmp_path):
     assert log_report(uri, "cmp", [report / "table1.md"]) == first, "one sweep-level run per experiment"
     assert [a.path for a in client.list_artifacts(first, "report")] == ["report/table1.md"]
     assert ensure_experiment(client, "cmp", uri) == exp.experiment_id
-    from results.report import load_runs
+    from results.runs import load_runs
 
     df = load_runs(uri, "cmp")
     assert set(df.run_id) == {t.run_id}, "the sweep-level run is not a cell"

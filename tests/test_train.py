@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from qsattn import checkpoint as ckpt_io
-from qsattn.config import ConfigError, resolve
-from qsattn.synthetic import generate
+from qsattn.engine import checkpoint as ckpt_io
+from qsattn.engine.config import ConfigError, resolve
+from qsattn.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -80,7 +80,7 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch
 
 
 def test_resuming_with_another_config_names_the_mismatched_keys(data_root, tmp_path):
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     base = {"data_root": str(data_root), "run_root": str(tmp_path), "tracking_uri": "off", "max_steps": 2,
             **dict(kv.split("=") for kv in TINY)}
@@ -93,8 +93,8 @@ def test_resuming_with_another_config_names_the_mismatched_keys(data_root, tmp_p
 
 
 def test_final_weights_are_exported_under_the_official_names(data_root, tmp_path):
-    from qsattn.networks import generator_from_state_dict
-    from qsattn.train import train
+    from baselines.networks import generator_from_state_dict
+    from qsattn.engine.train import train
 
     cfg = resolve({"data_root": str(data_root), "run_root": str(tmp_path), "tracking_uri": "off", "max_steps": 2,
                    **dict(kv.split("=") for kv in TINY)})
@@ -133,7 +133,7 @@ def test_translate_equals_the_official_test_output(tmp_path):
 
 def test_a_resumed_run_continues_the_same_mlflow_run(data_root, tmp_path):
     mlflow = pytest.importorskip("mlflow")
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     base = {"data_root": str(data_root), "run_root": str(tmp_path), "tracking_uri": uri, "name": "r",
@@ -150,7 +150,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(data_root, tmp_path):
 
 def test_a_stop_request_saves_at_the_next_step_and_loses_nothing(data_root, tmp_path, monkeypatch):
     """What a preempted sweep job does on USR2 (slurm/job.py): the loop saves, then raises Stopped."""
-    from qsattn import train as training
+    from qsattn.engine import train as training
 
     real_step = training.train_step
 
@@ -184,7 +184,7 @@ def temporaries(folder: Path) -> list[str]:
 
 
 def test_a_failed_save_removes_its_temporary_file(tmp_path, monkeypatch):
-    from qsattn import atomic
+    from qsattn.engine import atomic
 
     real_save = torch.save
 
@@ -207,7 +207,7 @@ def test_a_failed_save_removes_its_temporary_file(tmp_path, monkeypatch):
 
 
 def test_temporaries_left_by_a_killed_save_are_swept_at_start(data_root, tmp_path):
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     cfg = tiny(data_root, tmp_path, max_steps=2, name="r")
     run_dir = tmp_path / "r"
@@ -224,7 +224,7 @@ def test_temporaries_left_by_a_killed_save_are_swept_at_start(data_root, tmp_pat
 def test_an_epoch_checkpoint_is_never_skipped_by_a_kill_at_the_epoch_end(data_root, tmp_path, monkeypatch):
     """Killed right after the first of the two saves at an epoch's end (latest.pt, epoch_0001.pt, in some
     order), the resumed run still has every kept epoch checkpoint, at the step that ended the epoch."""
-    from qsattn import train as training
+    from qsattn.engine import train as training
 
     cfg = tiny(data_root, tmp_path, n_epochs=2, n_epochs_decay=0, checkpoint_every=0, keep_epoch_checkpoints=1,
                max_dataset_size=4)  # epochs of 4 steps
@@ -255,7 +255,7 @@ def test_an_epoch_checkpoint_is_never_skipped_by_a_kill_at_the_epoch_end(data_ro
 def test_a_refused_resume_leaves_the_runs_config_yaml(data_root, tmp_path):
     import yaml
 
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     train(tiny(data_root, tmp_path, method="cut", name="r", max_steps=2), progress=False)
     (tmp_path / "r" / "DONE").unlink()  # unfinished
@@ -265,7 +265,7 @@ def test_a_refused_resume_leaves_the_runs_config_yaml(data_root, tmp_path):
 
 
 def test_a_finished_run_rerun_with_another_config_is_refused_not_skipped(data_root, tmp_path):
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     train(tiny(data_root, tmp_path, method="cut", name="r", max_steps=2), progress=False)
     with pytest.raises(ConfigError, match=r"finished \(step 2\) with another config.*lambda_NCE: checkpoint 1.0 vs config 10.0"):
@@ -273,7 +273,7 @@ def test_a_finished_run_rerun_with_another_config_is_refused_not_skipped(data_ro
 
 
 def test_a_larger_max_steps_extends_a_finished_run_as_if_never_stopped(data_root, tmp_path):
-    from qsattn.train import train
+    from qsattn.engine.train import train
 
     straight = train(tiny(data_root, tmp_path / "a", max_steps=4, deterministic=True), progress=False)
     run_dir = train(tiny(data_root, tmp_path / "b", max_steps=2, deterministic=True), progress=False)
@@ -293,7 +293,7 @@ def test_a_larger_max_steps_extends_a_finished_run_as_if_never_stopped(data_root
 def test_a_nan_stops_the_run_before_it_replaces_a_good_checkpoint_or_exports(data_root, tmp_path, monkeypatch):
     """Between readouts (log_every=100) nothing looks at the losses; a NaN weight at step 3 must still never
     reach the checkpoint of step 4, the exported weights or DONE."""
-    from qsattn import train as training
+    from qsattn.engine import train as training
 
     real_step = training.train_step
 
@@ -315,7 +315,7 @@ def test_a_nan_stops_the_run_before_it_replaces_a_good_checkpoint_or_exports(dat
 
 
 def test_nce_layers_and_the_official_local_rule_are_checked_against_the_network(data_root, tmp_path, monkeypatch):
-    from qsattn import train as training
+    from qsattn.engine import train as training
 
     monkeypatch.setattr(training, "train_step", lambda *a: pytest.fail("a step ran before the check"))
     with pytest.raises(ConfigError, match=r"nce_layers: 99 is not a layer of this generator \(netG=resnet_9blocks: layers 0\.\.31\)"):
@@ -349,8 +349,8 @@ def test_a_second_train_on_the_same_folder_stops_at_once_naming_the_holder(data_
 
 def test_a_full_disk_is_one_error_naming_the_file_and_the_space(tmp_path, monkeypatch):
     """Simulated ENOSPC (fsync is where network file systems report it); a real full disk: the tmpfs test."""
-    from qsattn import atomic
-    from qsattn.atomic import DiskFull
+    from qsattn.engine import atomic
+    from qsattn.engine.atomic import DiskFull
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -378,8 +378,8 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_run_on_a_full_disk_stops_with_one_error_and_leaves_nothing_behind(data_root, small_tmpfs):
-    from qsattn.atomic import DiskFull
-    from qsattn.train import train
+    from qsattn.engine.atomic import DiskFull
+    from qsattn.engine.train import train
 
     cfg = tiny(data_root, small_tmpfs, max_steps=8, checkpoint_every=2)
     latest = small_tmpfs / cfg.run_name() / "checkpoints" / "latest.pt"

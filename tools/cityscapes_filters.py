@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def resized(image, filt: str) -> np.ndarray:
-    from qsattn.datasets import CITYSCAPES_SIZE, RESAMPLE_FILTERS
+    from qsattn.data.datasets import CITYSCAPES_SIZE, RESAMPLE_FILTERS
 
     return np.asarray(image.convert("RGB").resize(CITYSCAPES_SIZE, RESAMPLE_FILTERS[filt]()), dtype=np.int16)
 
@@ -51,7 +51,7 @@ def compare(image, filters: list[str], label: bool) -> dict[str, dict[str, float
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from qsattn.datasets import RESAMPLE_FILTERS
+    from qsattn.data.datasets import RESAMPLE_FILTERS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zips", required=True, help="folder with gtFine_trainvaltest.zip, leftImg8bit_trainvaltest.zip")

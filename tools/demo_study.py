@@ -1,4 +1,4 @@
-"""The demo's settings study (docs/demo.md, "How the settings were chosen"): trains candidate settings of
+"""The demo's settings study (docs/demo.md, "The study"): trains candidate settings of
 experiments/demo.yaml for a few seeds and tabulates the ground-truth scores against the demo's targets.
 
     .venv/bin/python tools/demo_study.py --candidates base,s64 --seeds 0,1 --jobs 2 --out runs/demo-study
@@ -7,7 +7,7 @@ Each candidate is the demo grid's cell for a method with some keys changed (CAND
 size is the key `size`). Cells run as separate processes, `--jobs` at once, one torch thread each, with
 MLflow off; a finished cell is not trained again (its metrics.json is read), so the study resumes.
 The table (Markdown, also written to OUT/study.md, rows to OUT/study.json) has, per candidate and method,
-each seed's gt_score, the largest gt_score of the shuffled control (qsattn.synthetic.shuffled_score:
+each seed's gt_score, the largest gt_score of the shuffled control (qsattn.data.synthetic.shuffled_score:
 near gt_score means the outputs ignore the input), the worst seed's shape IoU and stripe score, and the
 training seconds per step
 (wall clock: on a shared machine compare the ratios, not the absolute times).
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 METHODS = ("cut", "fastcut", "qsattn-global")
 # name -> changes to the demo grid's cell: config keys; "size" (load_size = crop_size = the dataset's size),
-# "texture" and "hint" (the dataset's options); "fastcut": changes for FastCUT alone.
+# "texture", "hint", "stripe_scale" and "shape_scale" (the dataset's options); "fastcut": changes for FastCUT alone.
 _DEEP = dict(nce_layers="4,8,12,16", qs_layers="2,3")  # without layer 0 (the image itself)
 _PLAIN = dict(no_antialias="true", no_antialias_up="true")  # strided convs, not anti-aliased resampling
 _LONG_FASTCUT = dict(fastcut=dict(n_epochs=4, n_epochs_decay=2))  # FastCUT as long as CUT
@@ -43,34 +43,54 @@ CANDIDATES: dict[str, dict] = {  # the rows of docs/demo.md's study table
     "t6-lr5-long": dict(texture=6, lr=0.0005, **_DEEP, **_LONG_FASTCUT),
     "sh": dict(texture=6, nce_layers="0,4,8", qs_layers="1,2", **_PLAIN),
     "s48": dict(size=48, texture=6, **_PLAIN),
+    # issue #15, second session: coarser stripes and larger shapes, then one lever at a time on "c2L"
+    "c2": dict(texture=6, stripe_scale=2, **_DEEP, **_PLAIN),
+    "c2L": dict(texture=6, stripe_scale=2, shape_scale=1.4, **_DEEP, **_PLAIN),
+    "c2Ld2": dict(texture=6, stripe_scale=2, shape_scale=1.4, n_layers_D=2, **_DEEP, **_PLAIN),
+    "c2Ld1": dict(texture=6, stripe_scale=2, shape_scale=1.4, n_layers_D=1, **_DEEP, **_PLAIN),
+    "c2La": dict(texture=6, stripe_scale=2, shape_scale=1.4, **_DEEP),  # official anti-aliased resampling
+    "c2Lb4": dict(texture=6, stripe_scale=2, shape_scale=1.4, batch_size=4, n_epochs=12, n_epochs_decay=6,
+                  fastcut=dict(n_epochs=12, n_epochs_decay=6), **_DEEP, **_PLAIN),
+    "c2L4b": dict(texture=6, stripe_scale=2, shape_scale=1.4, netG="resnet_4blocks", nce_layers="4,8,12",
+                  qs_layers="1,2", n_epochs=8, n_epochs_decay=4, fastcut=dict(n_epochs=8, n_epochs_decay=4),
+                  **_PLAIN),
+    "c2Lh1": dict(texture=6, stripe_scale=2, shape_scale=1.4, hint=0.1, **_DEEP, **_PLAIN),
 }
 
 
 def _cell_config(method: str, seed: int, changes: dict, data_root: Path, run_root: Path):
-    from qsattn.config import apply
+    from qsattn.engine.config import apply
     from slurm.grid import expand
 
     cell = next(c for c in expand(ROOT / "experiments" / "demo.yaml") if c.method == method)
     changes = dict(changes)
     per_method = changes.pop("fastcut", {}) if method == "fastcut" else {}
     changes.pop("fastcut", None)
-    size, hint, texture = changes.pop("size", None), float(changes.pop("hint", 0)), float(changes.pop("texture", 0))
+    size = changes.pop("size", None)
+    options = tuple(float(changes.pop(k, d)) for k, d in _DATA_OPTIONS.items())
     if size:
         changes.update(load_size=size, crop_size=size)
     changes.update(per_method)
     cfg = apply(cell.config, changes)
-    data = (cfg.crop_size, hint, texture)
+    data = (cfg.crop_size, *options)
     return dataclasses.replace(cfg, seed=seed, data_root=str(data_root / _data_name(data)), run_root=str(run_root),
                                tracking_uri="off", num_threads=1, name=""), data
 
 
-def _data_name(data: tuple[int, float, float]) -> str:
-    return f"s{data[0]}-hint{data[1]:g}-texture{data[2]:g}"
+_DATA_OPTIONS = {"hint": 0.0, "texture": 0.0, "stripe_scale": 1.0, "shape_scale": 1.0}  # generate()'s, defaults
+
+
+def _data_name(data: tuple) -> str:
+    return f"s{data[0]}" + "".join(f"-{k}{v:g}" for k, v in zip(_DATA_OPTIONS, data[1:]))
+
+
+def _data_options(data: tuple) -> dict:
+    return dict(size=data[0], **dict(zip(_DATA_OPTIONS, data[1:])))
 
 
 def _train_one(cfg_dict: dict) -> dict:
-    from qsattn.config import Config
-    from qsattn.pipeline import run_cell
+    from qsattn.engine.config import Config
+    from qsattn.engine.pipeline import run_cell
 
     cfg = Config(**cfg_dict)
     start = time.perf_counter()
@@ -81,7 +101,7 @@ def _train_one(cfg_dict: dict) -> dict:
         wall = json.loads(timing.read_text())["wall_s"]
     else:
         timing.write_text(json.dumps({"wall_s": wall}))
-    from qsattn.synthetic import shuffled_score
+    from qsattn.data.synthetic import shuffled_score
 
     run_dir = Path(cfg.run_root) / cfg.name
     shuffled = shuffled_score(run_dir / "translations" / "last", Path(cfg.data_root) / cfg.dataset)["gt_score"]
@@ -89,7 +109,7 @@ def _train_one(cfg_dict: dict) -> dict:
 
 
 def _steps(cfg) -> int:
-    total = (cfg.n_epochs + cfg.n_epochs_decay) * 200  # 200 training images, batch 1
+    total = (cfg.n_epochs + cfg.n_epochs_decay) * (200 // cfg.batch_size)  # 200 training images, drop_last
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
@@ -104,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="define a candidate on the command line, e.g. 'lr4:lr=0.0008' (repeatable)")
     args = parser.parse_args(argv)
 
-    from qsattn.synthetic import generate, reference_scores
+    from qsattn.data.synthetic import generate, reference_scores
 
     for spec in args.set:
         name, _, body = spec.partition(":")
@@ -124,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs.append((cand, method, seed, size, cfg))
     references = {}
     for data in sorted({j[3] for j in jobs}):
-        folder = generate(data_root / _data_name(data) / "synthetic", size=data[0], hint=data[1], texture=data[2])
+        folder = generate(data_root / _data_name(data) / "synthetic", **_data_options(data))
         references[_data_name(data)] = reference_scores(folder)
 
     rows = []

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def step_time(cfg) -> tuple[float, float]:
     """(median s/step, s per step the training thread spent inside tracker calls)."""
-    from qsattn import tracking
-    from qsattn import train as training
+    from qsattn.engine import tracking
+    from qsattn.engine import train as training
 
     starts: list[float] = []
     in_tracker = [0.0]
@@ -68,8 +68,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from qsattn.config import resolve
-    from qsattn.synthetic import generate
+    from qsattn.engine.config import resolve
+    from qsattn.data.synthetic import generate
 
     work = Path(tempfile.mkdtemp(prefix="tracking-overhead-"))
     generate(work / "data" / "synthetic", size=args.size, n_train=64, n_test=2, seed=0)

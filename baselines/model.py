@@ -7,9 +7,9 @@ Speed options (config "speed" section) change how the step runs, not what it com
 labelled "changes numerics": `key_reuse` takes the key-side NCE features from G's forward pass,
 `adam_impl` picks torch's Adam kernels, `compile` runs the three pieces of
 the step (G forward, D loss, G/F loss) through torch.compile, `amp` autocasts them to bfloat16, and
-`flush_denormal` runs the G/F backward with subnormals flushed (qsattn/denormals.py), and
+`flush_denormal` runs the G/F backward with subnormals flushed (baselines/denormals.py), and
 `configure_backends` sets the process-wide cuDNN / TF32 switches. The compiled variant of the step lives
-in qsattn/compiled_step.py.
+in baselines/compiled_step.py; baselines/state.py builds the state (with the compiled step where asked).
 """
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from qsattn.denormals import flushed
-from qsattn.losses import gan_loss, patch_nce_loss
-from qsattn.networks import build_discriminator, build_generator
-from qsattn.sampler import PatchSampleF, build_sampler
+from baselines.denormals import flushed
+from baselines.losses import gan_loss, patch_nce_loss
+from baselines.sampler import PatchSampleF
 
-log = logging.getLogger("qsattn.model")
+log = logging.getLogger("baselines.model")
 
 
 @dataclass
@@ -41,7 +40,7 @@ class TrainState:
     schedulers: list = field(default_factory=list)
     step: int = 0    # optimisation steps done
     epoch: int = 1   # the epoch in progress (1-based, as official)
-    compiled: object = None  # a qsattn.compiled_step.CompiledStep with cfg.compile != off
+    compiled: object = None  # a baselines.compiled_step.CompiledStep with cfg.compile != off
     exact_keys: dict = field(default_factory=dict)  # input shape -> batched_keys_exact (key_reuse=auto)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -98,27 +97,6 @@ def autocast(cfg, device: torch.device):
     if getattr(cfg, "amp", "off") == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def create_state(cfg, device: torch.device | str = "cpu") -> TrainState:
-    """Build G, D and F with the official init, in that order, from the current torch RNG state.
-
-    F's MLPs are created here from the encoder's channel counts rather than lazily at the first batch,
-    so that a checkpoint always has the same keys; the result is the same module (see README).
-    """
-    G = build_generator(cfg).to(device)
-    D = build_discriminator(cfg).to(device)
-    F = build_sampler(cfg).to(device)
-    F.build(encoder_channels(G, cfg.nce_layers, cfg.input_nc), device)
-    opts = [make_optimizer(m.parameters(), cfg) for m in (G, D, F)]
-    rule = linear_decay(cfg.n_epochs, cfg.n_epochs_decay)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda=rule) for o in opts]
-    state = TrainState(cfg, G, D, F, *opts, schedulers=schedulers)
-    if getattr(cfg, "compile", "off") != "off":
-        from qsattn.compiled_step import CompiledStep
-
-        state.compiled = CompiledStep(state)
-    return state
 
 
 def nce_loss(G, F, src, tgt, cfg, patch_ids=None, flipped: bool = False, feat_k=None):

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import fcntl
 import glob
-import hashlib
 import http.client
 import json
 import os
@@ -47,9 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from qsattn.data.files import count_images, sha256_file
 from qsattn.errors import UserError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MARKER = ".prepared.json"
 MIRROR_ENV = "QSATTN_DATA_MIRROR"
 
@@ -352,18 +350,10 @@ def download(url: str, dest: Path, *, attempts: int = 3, progress: bool = True,
     raise AssertionError("unreachable")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_sha256(path: Path, expected: str | None, *, delete_on_mismatch: bool = True) -> tuple[str, bool]:
     """Return (actual sha256, whether it was checked). A mismatch deletes the file (so the next run fetches
     it again) and raises; an unknown expected hash prints a warning with the computed one."""
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if expected is None:
         print(f"WARNING: {path.name}: no published sha256 is known, so this file was NOT verified. "
               f"Its sha256 is {actual}; compare it with a colleague's copy.", file=sys.stderr)
@@ -415,7 +405,7 @@ def _completeness_check(source: Source) -> Callable[[Path], str | None]:
     """How a download of `source` without Content-Length proves it is whole: its published sha256, else
     the archive's own integrity."""
     if source.sha256:
-        return lambda part: None if sha256_of(part) == source.sha256.lower() else "sha256 differs from the published one"
+        return lambda part: None if sha256_file(part) == source.sha256.lower() else "sha256 differs from the published one"
     return archive_problem
 
 
@@ -461,10 +451,6 @@ def safe_extract(archive: Path, dest: Path, only: tuple[str, ...] | None = None)
                                f"page?). Delete it and run again.")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise DatasetError(f"{archive} is damaged ({e}); delete it and run again.") from e
-
-
-def count_images(folder: Path) -> int:
-    return sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else 0
 
 
 # --------------------------------------------------------------------------------------------------

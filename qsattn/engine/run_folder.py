@@ -7,7 +7,7 @@
         metrics.json           evaluation results and their protocol
         mlflow_run_id          the MLflow run every attempt of this run logs to
         progress.json          step, total steps, s/step of the training, rewritten at each log step
-        tracking.jsonl         every MLflow record of the run, in order (qsattn/tracking.py sends it)
+        tracking.jsonl         every MLflow record of the run, in order (qsattn/engine/tracking.py sends it)
         tracking.json          how far tracking.jsonl is sent, and whether the store answered
         sweep/<kind>.json      the sweep job's records (submitted, started, finished, failed, preempted)
         sweep/log.txt          a packed cell's stdout and stderr, every attempt appended

@@ -22,9 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-from qsattn.run_folder import RunFolder
+from qsattn.engine.run_folder import RunFolder
 
-log = logging.getLogger("qsattn.tracking")
+log = logging.getLogger("qsattn.engine.tracking")
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 # MLflow's own HTTP client retries 7 times with back-off (minutes) and waits 120 s per request; the
@@ -426,7 +426,7 @@ class Tracker:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _write_state(self, **changes) -> None:
-        from qsattn.atomic import atomic_write_text
+        from qsattn.engine.atomic import atomic_write_text
 
         state = read_state(self.folder)
         state.update(changes)
@@ -511,7 +511,7 @@ class Tracker:
     def _ensure_run(self) -> bool:
         """Bind the MLflow run: the recorded one, or a new one (the folder's first, or because the store
         lost the recorded run). True if the whole journal must be replayed into a new run."""
-        from qsattn.atomic import atomic_write_text
+        from qsattn.engine.atomic import atomic_write_text
 
         c, ident = self._client, self.identity
         old = self.folder.mlflow_run_id.read_text().strip() if self.folder.mlflow_run_id.exists() else ""
@@ -563,7 +563,7 @@ def sync(run_dir, timeout: float = 60.0) -> tuple[int, int]:
     """Send a run folder's unsent journal records (to the store its journal names): (sent, left). A run
     whose last record says RUNNING while no process holds its folder was killed (SIGKILL, a lost node):
     it is recorded KILLED first."""
-    from qsattn.run_folder import holder
+    from qsattn.engine.run_folder import holder
 
     folder = RunFolder(run_dir)
     records = [r for r, _ in read_records(folder.tracking_journal, 0)]
@@ -585,7 +585,7 @@ def sync(run_dir, timeout: float = 60.0) -> tuple[int, int]:
 
 def grouped_params(cfg) -> dict:
     """The resolved config as params named <section>/<key> (`networks/netG`): the run page lists them grouped."""
-    from qsattn.config import FIELDS
+    from qsattn.engine.config import FIELDS
 
     return {f"{FIELDS[k].metadata['section']}/{k}": v for k, v in cfg.to_dict().items()}
 

@@ -15,7 +15,7 @@ def grid(src_dir: str | Path, out_dir: str | Path, path: str | Path, method: str
     out_dir (<stem>.png, as translate_folder writes them); returns path."""
     from PIL import Image, ImageDraw
 
-    from qsattn.data import list_images
+    from qsattn.data.files import list_images
 
     inputs = list_images(src_dir)[:n]
     pairs = [(p, Path(out_dir) / f"{Path(p).stem}.png") for p in inputs]

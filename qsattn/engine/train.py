@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 
-from qsattn import checkpoint as ckpt_io
-from qsattn.atomic import atomic_write_text, remove_temporaries
-from qsattn.config import Config, ConfigError, load
+from qsattn.engine import checkpoint as ckpt_io
+from qsattn.engine.atomic import atomic_write_text, remove_temporaries
+from qsattn.engine.config import Config, ConfigError, load
 from qsattn.errors import UserError
-from qsattn.model import TrainState, configure_backends, create_state, end_epoch, generator_forward, train_step
-from qsattn.run_folder import RUNNING, STOP, RunFolder, Stopped, locked, request_stop  # see run_folder.py
+from baselines.model import TrainState, configure_backends, end_epoch, generator_forward, train_step
+from qsattn.state import create_state
+from qsattn.engine.run_folder import RUNNING, STOP, RunFolder, Stopped, locked, request_stop  # see run_folder.py
 
-log = logging.getLogger("qsattn.train")
+log = logging.getLogger("qsattn.engine.train")
 
 class NonFinite(UserError, FloatingPointError):
     """A loss or a weight became inf or NaN: the run stops before it saves or exports anything."""
@@ -61,7 +62,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def make_dataset(cfg: Config, phase: str = "train"):
-    from qsattn.data import UnalignedDataset
+    from qsattn.data.unaligned import UnalignedDataset
 
     return UnalignedDataset(
         Path(cfg.data_root) / cfg.dataset, phase, direction=cfg.direction, preprocess=cfg.preprocess,
@@ -106,7 +107,7 @@ def sample_grid(state: TrainState, real_A, real_B, path: Path) -> None:
 
 
 class Run(RunFolder):
-    """The run folder of a config: <run_root>/<name>/ (paths in qsattn/run_folder.py)."""
+    """The run folder of a config: <run_root>/<name>/ (paths in qsattn/engine/run_folder.py)."""
 
     def __init__(self, cfg: Config):
         super().__init__(Path(cfg.run_root) / cfg.run_name())
@@ -161,7 +162,7 @@ def _train_locked(cfg: Config, run: Run, progress: bool) -> Path:
     atomic_write_text(run.config, _yaml(cfg))  # only now: a refused resume leaves the run's own config
     log.info("config:\n%s", cfg.dumps())
 
-    from qsattn.tracking import git_commit, grouped_params, open_tracker
+    from qsattn.engine.tracking import git_commit, grouped_params, open_tracker
 
     tags = {"git_commit": git_commit(), "run_dir": str(run.dir.absolute())}
     tracker = open_tracker(cfg, run.dir, tags)
@@ -258,8 +259,8 @@ def write_progress(run_dir: Path, step: int, total: int, sec_per_step: float | N
     """<run_dir>/progress.json for the sweep's terminal and `status` (they never read the job's log)."""
     import json
 
-    from qsattn.atomic import atomic_write_text
-    from qsattn.run_folder import RunFolder
+    from qsattn.engine.atomic import atomic_write_text
+    from qsattn.engine.run_folder import RunFolder
 
     atomic_write_text(RunFolder(run_dir).progress, json.dumps(
         {"step": step, "total_steps": total, "sec_per_step": sec_per_step, "updated": time.time()}))
@@ -356,7 +357,7 @@ def _yaml(cfg: Config) -> str:
 
 
 def add_arguments(parser) -> None:
-    from qsattn.config import describe_keys
+    from qsattn.engine.config import describe_keys
 
     parser.epilog = ("config keys by section (key=default  meaning), set in the --config file or as key=value;\n"
                      "a method's values: `python -m qsattn methods NAME`; the reference: docs/config.md\n\n"

@@ -31,7 +31,7 @@ def run(args) -> int:
 
 
 def ui(args) -> int:
-    from qsattn.tracking import open_client, refresh_view, resolve_uri, view_url
+    from qsattn.engine.tracking import open_client, refresh_view, resolve_uri, view_url
 
     uri = resolve_uri(args.tracking_uri)
     client = open_client(uri)
@@ -54,8 +54,8 @@ def ui(args) -> int:
 
 
 def sync(args) -> int:
-    from qsattn import tracking
-    from qsattn.run_folder import RunFolder
+    from qsattn.engine import tracking
+    from qsattn.engine.run_folder import RunFolder
 
     dirs = [Path(d) for d in args.run_dirs] or sorted(p.parent for p in Path(args.runs_dir).glob("*/tracking.jsonl"))
     left_total = 0

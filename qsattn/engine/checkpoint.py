@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from qsattn.atomic import replacing
-from qsattn.config import RESUMABLE_KEYS
+from qsattn.engine.atomic import replacing
+from qsattn.engine.config import RESUMABLE_KEYS
 from qsattn.errors import UserError
 
 
@@ -21,7 +21,7 @@ class CheckpointError(UserError):
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save through a temporary file (qsattn/atomic.py): removed on any error, a full disk refused
+    """torch.save through a temporary file (qsattn/engine/atomic.py): removed on any error, a full disk refused
     up front (the tensors' bytes are a lower bound of the file's size) or reported as DiskFull."""
     with replacing(path, needed=tensor_bytes(obj), sync=True) as fh:
         torch.save(obj, fh)
@@ -139,7 +139,7 @@ def adopt_optimizer_impl(state) -> None:
     and each `step` counter is put where that implementation wants it (fused: float32 on the parameter's
     device; plain and foreach: a float32 scalar on the CPU). The Adam moments are the same tensors in
     every implementation."""
-    from qsattn.model import adam_flags
+    from baselines.model import adam_flags
 
     flags = adam_flags(state.cfg)
     for opt in state.optimizers().values():

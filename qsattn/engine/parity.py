@@ -176,7 +176,7 @@ def check_sampler(table: Table, repos: dict, device, impls=("naive",), inputs=IN
 
     from qsattn import official
     from qsattn.float_bounds import global_rows, local_rows, softmax_bound
-    from qsattn.losses import patch_nce_loss
+    from baselines.losses import patch_nce_loss
     from qsattn.sampler import PatchSampleF
 
     for px, seed, batch, n in inputs:
@@ -314,8 +314,8 @@ def _run_official_F(ref_F, feats_k, feats_q, ids_random, n, qs, crit, device):
 def check_networks(table: Table, repos: dict, device, inputs=None) -> None:
     import torch
 
-    from qsattn.config import resolve
-    from qsattn.networks import build_discriminator, build_generator
+    from qsattn.engine.config import resolve
+    from baselines.networks import build_discriminator, build_generator
 
     net = repos.get("qsattn", repos.get("cut")).modules
     net = net.get("networks_global") or net["networks"]
@@ -368,8 +368,9 @@ def check_steps(table: Table, repos: dict, device, px: int = 64, small: bool = F
     import torch
 
     from qsattn import official
-    from qsattn.config import resolve
-    from qsattn.model import create_state, train_step
+    from qsattn.engine.config import resolve
+    from baselines.model import train_step
+    from qsattn.state import create_state
 
     for method, (kind, mode) in STEP_METHODS.items():
         if kind not in repos:

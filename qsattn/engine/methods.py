@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # The `methods` subcommand; the presets themselves are plain data in qsattn/presets.py.
 
-from qsattn.config import describe_keys, markdown_reference, preset, resolve
+from qsattn.engine.config import describe_keys, markdown_reference, preset, resolve
 from qsattn.presets import METHODS
 
 __all__ = ["METHODS", "preset", "add_arguments", "run"]

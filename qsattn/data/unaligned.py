@@ -50,11 +50,11 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from qsattn.data.files import IMG_EXTENSIONS, is_image_file, list_images  # noqa: F401  (this module's interface too)
 from qsattn.errors import UserError
 
-log = logging.getLogger("qsattn.data")
+log = logging.getLogger("qsattn.data.unaligned")
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 SCAN_CACHE_NAME = ".scan_cache.json"
 _SCAN_CACHE_VERSION = 2  # 2: with each image's size
@@ -194,16 +194,6 @@ def save_image(t: torch.Tensor, path: str | os.PathLike) -> None:
 
 
 # --- finding and checking files ----------------------------------------------------------------------
-
-def is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
-
-
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Image files under `folder` (recursively, following links, as official make_dataset), sorted."""
-    paths = [os.path.join(d, f) for d, _, files in os.walk(folder, followlinks=True) for f in files if is_image_file(f)]
-    return sorted(paths)
-
 
 def check_image(path: str) -> tuple[str | None, tuple[int, int]]:
     """(None, (w, h)) if the file decodes completely and converts to RGB, else (the reason, (0, 0)).

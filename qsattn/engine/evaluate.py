@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from eval.folders import EvalError
-from qsattn.config import FID_MODES
+from qsattn.engine.config import FID_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
-        from qsattn.atomic import atomic_write_text
+        from qsattn.engine.atomic import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     if args.expect:
@@ -97,9 +97,9 @@ def _run_or_released(args: argparse.Namespace) -> dict:
     """A run folder or a released checkpoint: translate its test split, then the same metrics."""
     import yaml
 
-    from qsattn.config import resolve
-    from qsattn.pipeline import evaluate_checkpoint, evaluate_run
-    from qsattn.run_folder import RunFolder
+    from qsattn.engine.config import resolve
+    from qsattn.engine.pipeline import evaluate_checkpoint, evaluate_run
+    from qsattn.engine.run_folder import RunFolder
 
     if args.expect and not args.released:
         raise EvalError("--expect compares a released generator's FIDs: use it with --released NAME.")
@@ -119,7 +119,7 @@ def _run_or_released(args: argparse.Namespace) -> dict:
     cfg = resolve({"method": entry.method, "dataset": args.dataset or entry.dataset, "crop_size": 256,
                    "load_size": 286, **overrides})
     device = cfg.device if cfg.device != "auto" else None
-    from qsattn.train import pick_device
+    from qsattn.engine.train import pick_device
 
     return evaluate_checkpoint(cfg, path, translations_dir(args.released), pick_device(device or "auto"), **options)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qsattn.config import Config, fid_modes
+from qsattn.engine.config import Config, fid_modes
 
 BEST_SELECTION = "best checkpoint selected on the test split (optimistic, as the papers did)"
 
@@ -48,7 +48,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, out_dir: Path, device="cp
     Cityscapes without label maps (CUT's prepared cityscapes_val_for_CUT has none) is scored by FID/KID
     only; the protocol says why segmentation was skipped."""
     from eval.registry import evaluate_folder_pair
-    from qsattn.translate import load_generator, translate_folder, translation_identity
+    from qsattn.engine.translate import load_generator, translate_folder, translation_identity
 
     src, ref = test_split(cfg)
     G, _ = load_generator(checkpoint, device)
@@ -80,7 +80,7 @@ def numbers(metrics: dict) -> dict:
 
 def final_epoch(checkpoint: Path) -> int:
     """The epoch the final checkpoint stands at: the epochs completed, or the one it stopped inside."""
-    from qsattn.checkpoint import load
+    from qsattn.engine.checkpoint import load
 
     state = load(checkpoint, mmap=True)
     epoch = int(state.get("epoch", 1))
@@ -89,7 +89,7 @@ def final_epoch(checkpoint: Path) -> int:
 
 def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
     """Train, translate and evaluate one cell; returns {'metrics': ..., 'protocol': ..., 'history': ...}."""
-    from qsattn.train import Run, train
+    from qsattn.engine.train import Run, train
 
     run = Run(cfg)
     result_file = run.metrics
@@ -102,7 +102,7 @@ def run_cell(cfg: Config, progress: bool = True, **eval_options) -> dict:
 def log_qualitative(cfg: Config, run, tracker, checkpoints: list[str]) -> None:
     """The qualitative grid of each scored checkpoint (translations/<name>/): the artifact
     qualitative/<name>.png, and the run's images qualitative_last and qualitative_epoch (step: epoch)."""
-    from qsattn import qualitative
+    from qsattn.engine import qualitative
 
     src, _ = test_split(cfg)
     for name in checkpoints:
@@ -119,10 +119,10 @@ def evaluate_run(cfg: Config, progress: bool = True, **eval_options) -> dict:
     """Score a trained run's final checkpoint and (eval_checkpoints: all) its kept epoch checkpoints; log and
     save the result. Holds the run folder's lock: a training of the same folder is never scored half-way."""
     from eval.registry import select_best
-    from qsattn.atomic import atomic_write_text
-    from qsattn.run_folder import locked
-    from qsattn.tracking import open_tracker
-    from qsattn.train import Run, pick_device
+    from qsattn.engine.atomic import atomic_write_text
+    from qsattn.engine.run_folder import locked
+    from qsattn.engine.tracking import open_tracker
+    from qsattn.engine.train import Run, pick_device
 
     run = Run(cfg)
     result_file = run.metrics

@@ -1,6 +1,6 @@
 """`compile`: torch.compile of the training step's three pieces (docs/performance.md, "Faster steps").
 
-Kept apart from qsattn/model.py, which stays the readable reference step: this is only how the same
+Kept apart from baselines/model.py, which stays the readable reference step: this is only how the same
 step runs with fewer kernel launches (CUDA graphs with mode=reduce-overhead).
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ import warnings
 
 import torch
 
-from qsattn.model import TrainState, autocast, discriminator_loss, generator_loss, step_forward
+from baselines.model import TrainState, autocast, discriminator_loss, generator_loss, step_forward
 
-log = logging.getLogger("qsattn.model")
+log = logging.getLogger("baselines.model")
 
 
 class CompiledStep:

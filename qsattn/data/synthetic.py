@@ -53,11 +53,12 @@ DEMO_DATASET = {"size": 32, "texture": 0.0, "hint": 0.0}
 
 # --- drawing -------------------------------------------------------------------------------------------
 
-def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random shape as a boolean (size, size) mask; pixel centres, hard edges (exact for scoring)."""
+def _shape_mask(rng: np.random.Generator, size: int, scale: float = 1.0) -> np.ndarray:
+    """A random shape as a boolean (size, size) mask; pixel centres, hard edges (exact for scoring).
+    Its circumradius is 0.18 to 0.28 of the image side, times `scale`."""
     kind = SHAPES[rng.integers(len(SHAPES))]
     cx, cy = rng.uniform(0.25, 0.75, size=2) * size
-    r = rng.uniform(0.18, 0.28) * size
+    r = rng.uniform(0.18, 0.28) * size * scale
     theta = rng.uniform(0, 2 * np.pi)
     y, x = np.mgrid[0:size, 0:size] + 0.5
     dx, dy = x - cx, y - cy
@@ -74,10 +75,11 @@ def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.all([u * np.cos(a) + v * np.sin(a) <= r / 2 for a in normals], axis=0)
 
 
-def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Zebra-like stripes as an RGB (size, size, 3) uint8 image: random angle, period and wobble."""
+def _stripes(rng: np.random.Generator, size: int, scale: float = 1.0) -> np.ndarray:
+    """Zebra-like stripes as an RGB (size, size, 3) uint8 image: random angle, period and wobble.
+    The period is 0.1 to 0.2 of the image side times `scale`, and at least 4 px."""
     angle = rng.uniform(0, np.pi)
-    period = max(4.0, rng.uniform(0.1, 0.2) * size)
+    period = max(4.0, rng.uniform(0.1, 0.2) * size * scale)
     phase = rng.uniform(0, period)
     wobble, wavelength = rng.uniform(0, 0.35) * period, rng.uniform(0.5, 1.0) * size
     y, x = np.mgrid[0:size, 0:size] + 0.5
@@ -97,7 +99,8 @@ def _texture(rng: np.random.Generator, size: int, cells: int = 6) -> np.ndarray:
     return rows[:, i] * (1 - f) + rows[:, i + 1] * f
 
 
-def _scene(rng: np.random.Generator, size: int, hint: float = 0.0, texture: float = 0.0) -> dict[str, np.ndarray]:
+def _scene(rng: np.random.Generator, size: int, hint: float = 0.0, texture: float = 0.0, stripe_scale: float = 1.0,
+           shape_scale: float = 1.0) -> dict[str, np.ndarray]:
     """One scene and both renderings: flat (domain A) and striped (domain B) share background and mask.
     With hint > 0 the A shape carries its B stripes faintly: its colour +- hint x half the stripe contrast.
     With texture > 0 a smooth random luminance field (standard deviation `texture` grey levels) lies
@@ -107,8 +110,8 @@ def _scene(rng: np.random.Generator, size: int, hint: float = 0.0, texture: floa
         colour = rng.integers(0, 256, size=3)
         if np.abs(colour - background).mean() / 255 >= _MIN_COLOUR_GAP:
             break
-    mask = _shape_mask(rng, size)
-    stripes = _stripes(rng, size)
+    mask = _shape_mask(rng, size, shape_scale)
+    stripes = _stripes(rng, size, stripe_scale)
     field = texture * _texture(rng, size)[..., None] if texture else np.zeros((size, size, 1))
     flat = np.empty((size, size, 3))
     flat[:] = background
@@ -128,19 +131,19 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 # --- writing -------------------------------------------------------------------------------------------
 
-def _meta(size: int, n_train: int, n_test: int, seed: int, hint: float, texture: float) -> dict:
-    return {"dataset": "qsattn-synthetic", "version": VERSION, "seed": seed, "size": size, "hint": hint,
-            "texture": texture,
+def _meta(size: int, n_train: int, n_test: int, seed: int, **options: float) -> dict:
+    return {"dataset": "qsattn-synthetic", "version": VERSION, "seed": seed, "size": size, **options,
             "counts": {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}}
 
 
 def generate(out: str | os.PathLike, *, size: int = 64, n_train: int = 200, n_test: int = 50, seed: int = 0,
-             hint: float = 0.0, texture: float = 0.0) -> Path:
+             hint: float = 0.0, texture: float = 0.0, stripe_scale: float = 1.0, shape_scale: float = 1.0) -> Path:
     """Write the dataset under `out` (idempotent) and return its path.
 
     Written to a temporary sibling folder and renamed into place, so an interrupted run leaves no
     half dataset. A folder with a different meta.json (ours) is replaced; any other non-empty folder is
-    refused rather than overwritten.
+    refused rather than overwritten. `stripe_scale` and `shape_scale` multiply the stripe period and the
+    shape's size (1: the defaults; the same random draws, so 1 writes the same bytes as without them).
     """
     if not 32 <= size <= 256:
         raise ValueError(f"size must be between 32 and 256 px, got {size}")
@@ -151,7 +154,12 @@ def generate(out: str | os.PathLike, *, size: int = 64, n_train: int = 200, n_te
         raise ValueError(f"hint must be between 0 and 1, got {hint}")
     if not 0 <= texture <= 64:
         raise ValueError(f"texture must be between 0 and 64 grey levels, got {texture}")
-    meta = _meta(size, n_train, n_test, seed, hint, texture)
+    if not 0.5 <= stripe_scale <= 4:
+        raise ValueError(f"stripe_scale must be between 0.5 and 4, got {stripe_scale}")
+    if not 0.5 <= shape_scale <= 1.6:
+        raise ValueError(f"shape_scale must be between 0.5 and 1.6, got {shape_scale}")
+    options = dict(hint=hint, texture=texture, stripe_scale=stripe_scale, shape_scale=shape_scale)
+    meta = _meta(size, n_train, n_test, seed, **options)
     meta_path = out / "meta.json"
     if meta_path.exists():
         try:
@@ -171,14 +179,14 @@ def generate(out: str | os.PathLike, *, size: int = 64, n_train: int = 200, n_te
             (tmp / name).mkdir()
         for split in ("trainA", "trainB"):
             for i in range(n_train):
-                scene = _scene(_rng(seed, split, i), size, hint, texture)
+                scene = _scene(_rng(seed, split, i), size, **options)
                 _save(scene["flat" if split == "trainA" else "striped"], tmp / split / f"{i:06d}.png")
         for i in range(n_test):
-            scene = _scene(_rng(seed, "testA", i), size, hint, texture)
+            scene = _scene(_rng(seed, "testA", i), size, **options)
             _save(scene["flat"], tmp / "testA" / f"{i:06d}.png")
             _save(scene["striped"], tmp / "testA_gt" / f"{i:06d}.png")
             _save(scene["mask"].astype(np.uint8) * 255, tmp / "testA_mask" / f"{i:06d}.png")
-            _save(_scene(_rng(seed, "testB", i), size, hint, texture)["striped"], tmp / "testB" / f"{i:06d}.png")
+            _save(_scene(_rng(seed, "testB", i), size, **options)["striped"], tmp / "testB" / f"{i:06d}.png")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -238,10 +246,13 @@ def _score_one(pred: np.ndarray, source: np.ndarray, gt: np.ndarray, mask: np.nd
     outside = ~mask
     background = np.median(source[outside], axis=0)
     foreground = np.abs(pred - background).mean(axis=2) > _SHAPE_THRESHOLD
-    iou = float((foreground & mask).sum() / max((foreground | mask).sum(), 1))
+    union = max((foreground | mask).sum(), 1)
+    iou = float((foreground & mask).sum() / union)
     background_l1 = float(np.abs(pred - source)[outside].mean()) if outside.any() else 0.0
     background_ok = max(0.0, 1.0 - background_l1 / _BACKGROUND_TOLERANCE)
     return {"stripe_score": stripe, "shape_iou": iou, "background_l1": background_l1,
+            "shape_false_pos": float((foreground & ~mask).sum() / union),
+            "shape_false_neg": float((~foreground & mask).sum() / union),
             "gt_l1": float(np.abs(pred - gt).mean()), "gt_score": stripe * iou * background_ok}
 
 
@@ -253,6 +264,9 @@ def score_translation(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) 
     - stripe_score: local luminance contrast inside the (eroded) shape, relative to the ground truth,
       capped at 1. A flat fill scores 0.
     - shape_iou: IoU of the true mask with the pixels that differ from the background colour.
+      What it misses splits into shape_false_pos (background pixels that differ from the background
+      colour: noise, colour drift, a halo) and shape_false_neg (shape pixels left near the background
+      colour, e.g. grey stripe edges), as fractions of the same union: iou + false_pos + false_neg = 1.
     - background_l1: mean |pred - input| outside the shape (in [0, 1]; the background must stay).
     - gt_l1: mean |pred - ground truth| over the whole image (stripe phase differences count here).
     - gt_score = stripe_score * shape_iou * max(0, 1 - background_l1 / 0.25): higher is better, 1 for
@@ -266,7 +280,7 @@ def score_translation(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) 
                                     f"(write one with `python -m qsattn synthetic --out DIR`)")
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} does not exist")
-    from qsattn.data import is_image_file
+    from qsattn.data.files import is_image_file
 
     preds = {}
     for p in sorted(pred_dir.iterdir()):
@@ -287,7 +301,7 @@ def shuffled_score(pred_dir: str | os.PathLike, data_dir: str | os.PathLike) -> 
     (cyclically) instead of its own. A generator that ignores its input (the same striped blob for every
     image) scores the same here as in `score_translation`; one that follows the input scores lower."""
     pred_dir, data_dir = Path(pred_dir), Path(data_dir)
-    from qsattn.data import is_image_file
+    from qsattn.data.files import is_image_file
 
     sources = sorted(p for p in (data_dir / "testA").iterdir() if is_image_file(p.name))
     score_translation(pred_dir, data_dir)  # the same checks of the folders and the predictions
@@ -322,7 +336,7 @@ def reference_scores(data_dir: str | os.PathLike) -> dict[str, dict[str, float]]
       ignores its input could at best learn from the B domain.
     """
     data_dir = Path(data_dir)
-    from qsattn.data import is_image_file
+    from qsattn.data.files import is_image_file
 
     sources = sorted(p for p in (data_dir / "testA").iterdir() if is_image_file(p.name))
     fixed = data_dir / FIXED_STRIPED
@@ -344,9 +358,13 @@ def add_arguments(parser) -> None:
                              "(and A's shape), 0 to 64 (default 0: plain)")
     parser.add_argument("--hint", type=float, default=0.0,
                         help="contrast of the faint stripes in domain A's shapes, 0 to 1 (default 0: flat shapes)")
+    parser.add_argument("--stripe-scale", type=float, default=1.0,
+                        help="times the stripe period (0.1 to 0.2 of the side, at least 4 px), 0.5 to 4 (default 1)")
+    parser.add_argument("--shape-scale", type=float, default=1.0,
+                        help="times the shape's size (radius 0.18 to 0.28 of the side), 0.5 to 1.6 (default 1)")
     parser.add_argument("--demo", action="store_true",
                         help="the demo's dataset (experiments/demo.yaml): "
-                             + " ".join(f"--{k} {v:g}" for k, v in DEMO_DATASET.items()))
+                             + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in DEMO_DATASET.items()))
     parser.add_argument("--score", metavar="PRED_DIR",
                         help="instead of generating: score translated testA images in PRED_DIR against the "
                              "ground truth in --out and print the scores as JSON")
@@ -360,10 +378,12 @@ def run(args) -> int:
         if args.demo:
             vars(args).update(DEMO_DATASET)
         out = generate(args.out, size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-                       hint=args.hint, texture=args.texture)
+                       hint=args.hint, texture=args.texture, stripe_scale=args.stripe_scale,
+                       shape_scale=args.shape_scale)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"synthetic dataset in {out}: {args.n_train} + {args.n_train} train, {args.n_test} + {args.n_test} test "
-          f"images of {args.size} px (seed {args.seed}, texture {args.texture:g}, hint {args.hint:g})")
+          f"images of {args.size} px (seed {args.seed}, texture {args.texture:g}, hint {args.hint:g}, "
+          f"stripe scale {args.stripe_scale:g}, shape scale {args.shape_scale:g})")
     return 0

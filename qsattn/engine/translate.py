@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from qsattn.networks import generator_from_state_dict
+from baselines.networks import generator_from_state_dict
 
 
 def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
     """-> (G in eval mode, info). Our checkpoints carry their config; official files only weights.
     A file that holds no generator (a D or F file, a text file) is one CheckpointError saying what it is."""
-    from qsattn.checkpoint import CheckpointError, load
+    from qsattn.engine.checkpoint import CheckpointError, load
 
     state = load(path)
     info = {"source": str(path)}
@@ -54,9 +54,9 @@ RECORD = ".translated_by.json"  # beside the translations: which checkpoint and 
 
 def translation_identity(checkpoint: str | Path, crop_size: int, preprocess: str) -> dict:
     """What decides the translations: the checkpoint's bytes (sha256) and the test-time preprocessing."""
-    from qsattn.datasets import sha256_of
+    from qsattn.data.files import sha256_file
 
-    return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(Path(checkpoint)),
+    return {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(Path(checkpoint)),
             "crop_size": crop_size, "preprocess": preprocess}
 
 
@@ -76,7 +76,7 @@ def translate_folder(G: torch.nn.Module, input_dir: str | Path, output_dir: str 
     translations of another checkpoint (or without a record) are deleted and written again."""
     from tqdm import tqdm
 
-    from qsattn.data import DataError, list_images, load_image_for_test, save_image
+    from qsattn.data.unaligned import DataError, list_images, load_image_for_test, save_image
 
     inputs = list_images(input_dir)
     if not inputs:
@@ -98,7 +98,7 @@ def translate_folder(G: torch.nn.Module, input_dir: str | Path, output_dir: str 
         if not _same_source(record, identity):
             for old in out.glob("*.png"):  # another checkpoint's (or unknown) translations: never reused
                 old.unlink()
-            from qsattn.atomic import atomic_write_text
+            from qsattn.engine.atomic import atomic_write_text
 
             atomic_write_text(out / RECORD, json.dumps(identity, indent=2))
     for path in tqdm(inputs, desc=f"translate {Path(input_dir).name}", unit="img", disable=not progress):
@@ -126,7 +126,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from qsattn.train import pick_device
+    from qsattn.engine.train import pick_device
 
     device = pick_device(args.device)
     G, info = load_generator(args.checkpoint, device)

@@ -15,7 +15,7 @@ Two tables, one JSON line per case on stdout, and all of it saved to --out:
   options   the CUT (and QS-Attn global) step with each speed option of the config alone, the default
             options together, and every option that keeps the maths together ("all-fast"), against the
             plain step (adam_impl=plain, pin_memory=false): ratio_to_plain, and each option's label
-            (identical | rounding | changes numerics, see qsattn/config.py). The batch is copied from
+            (identical | rounding | changes numerics, see qsattn/engine/config.py). The batch is copied from
             the host each step, as in training, so pin_memory shows.
   packing   K processes at once, each training its own CUT / QS-Attn global cell (`--cells 1,2,4,8`,
             `--set` options on top of the defaults): aggregate_steps_per_s over one common window.
@@ -45,7 +45,7 @@ from pathlib import Path
 
 QS_METHODS = ("qsattn-global", "qsattn-local", "qsattn-global-local")
 PLAIN = {"adam_impl": "plain", "pin_memory": False}   # the step without any speed option
-# option name -> (config overrides on top of PLAIN, label); labels as in qsattn/config.py
+# option name -> (config overrides on top of PLAIN, label); labels as in qsattn/engine/config.py
 OPTIONS = {
     "adam_impl=foreach": ({"adam_impl": "foreach"}, "identical"),
     "pin_memory": ({"pin_memory": True}, "identical"),
@@ -169,8 +169,9 @@ def run_case(case: dict) -> dict:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if case["dtype"] == "bf16"
                 else contextlib.nullcontext())
     if case["table"] == "step":
-        from qsattn.config import resolve
-        from qsattn.model import create_state, train_step
+        from qsattn.engine.config import resolve
+        from baselines.model import train_step
+        from qsattn.state import create_state
 
         # num_patches = the QS layers' channel count (4·ngf, 256 at the default): official local needs it
         cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
@@ -222,9 +223,10 @@ def _our_step(case: dict, device):
     copied to the device each step (pinned with pin_memory). Returns the step function."""
     import torch
 
-    from qsattn.config import resolve
-    from qsattn.model import configure_backends, create_state, train_step
-    from qsattn.train import to_device
+    from qsattn.engine.config import resolve
+    from baselines.model import configure_backends, train_step
+    from qsattn.state import create_state
+    from qsattn.engine.train import to_device
 
     size = case["size"]
     cfg = resolve({"method": case["method"], "ngf": case["ngf"], "crop_size": size, "load_size": max(size, 286),
@@ -324,14 +326,14 @@ def _loader_case(case: dict) -> dict:
 
     import torch
 
-    from qsattn.data import UnalignedDataset
-    from qsattn.train import collate
+    from qsattn.data.unaligned import UnalignedDataset
+    from qsattn.engine.train import collate
 
     size = case["size"]
     root = case.get("data") or ""
     tmp = None
     if not root:
-        from qsattn.synthetic import generate
+        from qsattn.data.synthetic import generate
 
         tmp = tempfile.TemporaryDirectory()
         root = str(generate(Path(tmp.name) / "synthetic", size=size, n_train=32, n_test=1))
@@ -475,7 +477,7 @@ def cases(args, device: str) -> list[dict]:
 
 def _variants(wanted: list[str], device: str) -> list[tuple[str, dict, str]]:
     """(name, overrides, label): the plain step, each wanted option alone, the defaults, all-fast."""
-    from qsattn.config import Config
+    from qsattn.engine.config import Config
 
     defaults = {k: getattr(Config, k) for k in PLAIN}
     all_fast = dict(defaults, adam_impl="fused", compile="reduce-overhead" if device != "cpu" else "default")
