@@ -454,9 +454,11 @@ def _feature_grad_subnormals(monkeypatch):
 def test_flush_denormal_acts_on_the_backward_only_and_is_rounding(monkeypatch):
     """QS-Attn local at the small size: the attention's gradient into the key features is partly
     subnormal (what made the CPU step slow); with the option none reaches the encoder, while the
-    forward (losses of step 1) is untouched. Later steps may differ: flushing a value below 2^-126 is
-    an absolute rounding, which the GAN amplifies (global at this size: from about step 20), hence
-    the label rounding and off by default."""
+    forward (losses of step 1) is untouched. The gradients it flushes were non-zero, so later steps may
+    differ: an absolute rounding below 2^-126, which the GAN can amplify (global at this size on an
+    AVX-512 CPU from about step 20; with ATEN_CPU_CAPABILITY=avx2 not within 30 steps), hence the label
+    rounding and off by default; whether the weights move within N steps depends on the CPU, so it is
+    not asserted."""
     counts = _feature_grad_subnormals(monkeypatch)
     plain = _run("qsattn-local", {**PLAIN, "key_reuse": "never"}, steps=3)
     assert sum(counts) > 0
@@ -465,5 +467,5 @@ def test_flush_denormal_acts_on_the_backward_only_and_is_rounding(monkeypatch):
     assert len(counts) > 0 and sum(counts) == 0
     assert torch.equal(flush[0][0], plain[0][0])
     assert Config.flush_denormal is False
-    plain, flush = (_run("qsattn-global", {**PLAIN, "flush_denormal": f}, steps=30) for f in (False, True))
-    assert _max_weight_diff(flush[1], plain[1]) > 0 and torch.isfinite(flush[0]).all()
+    flush = _run("qsattn-global", {**PLAIN, "flush_denormal": True}, steps=30)
+    assert torch.isfinite(flush[0]).all()
