@@ -454,11 +454,10 @@ def _feature_grad_subnormals(monkeypatch):
 def test_flush_denormal_acts_on_the_backward_only_and_is_rounding(monkeypatch):
     """QS-Attn local at the small size: the attention's gradient into the key features is partly
     subnormal (what made the CPU step slow); with the option none reaches the encoder, while the
-    forward (losses of step 1) is untouched. The gradients it flushes were non-zero, so later steps may
-    differ: an absolute rounding below 2^-126, which the GAN can amplify (global at this size on an
-    AVX-512 CPU from about step 20; with ATEN_CPU_CAPABILITY=avx2 not within 30 steps), hence the label
-    rounding and off by default; whether the weights move within N steps depends on the CPU, so it is
-    not asserted."""
+    forward (losses of step 1) is untouched. Later steps may differ: flushing a value below 2^-126 is
+    an absolute rounding, which the GAN amplifies, hence the label rounding and off by default. Whether
+    they do depends on the float path (QS-Attn global at this size, 50 steps: from step 22 with
+    AVX-512 kernels, not within 30 with ATEN_CPU_CAPABILITY=default), so no test pins a difference."""
     counts = _feature_grad_subnormals(monkeypatch)
     plain = _run("qsattn-local", {**PLAIN, "key_reuse": "never"}, steps=3)
     assert sum(counts) > 0
@@ -466,6 +465,4 @@ def test_flush_denormal_acts_on_the_backward_only_and_is_rounding(monkeypatch):
     flush = _run("qsattn-local", {**PLAIN, "key_reuse": "never", "flush_denormal": True}, steps=3)
     assert len(counts) > 0 and sum(counts) == 0
     assert torch.equal(flush[0][0], plain[0][0])
-    assert Config.flush_denormal is False
-    flush = _run("qsattn-global", {**PLAIN, "flush_denormal": True}, steps=30)
-    assert torch.isfinite(flush[0]).all()
+    assert torch.isfinite(flush[0]).all() and Config.flush_denormal is False
