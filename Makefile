@@ -61,9 +61,15 @@ BENCH_ARGS ?= --methods cut,fastcut,qsattn-global,qsattn-local,qsattn-global-loc
 # "Faster steps"). compile=* cases spend minutes compiling on a CPU. Packing several cells per GPU:
 # `make bench BENCH_SPEED_ARGS="--tables packing --cells 1,2,4,8 --sizes 256 --device cuda"`.
 BENCH_SPEED_ARGS ?= --tables options,loader --methods cut,qsattn-global --sizes 128 --steps 5 --warmup 2 --device auto
+# The fast configuration (chunked sampler, key reuse, flush_denormal on the CPU) against CUT under the same
+# options and against the official CUT step when .cache/official-cut is there: the targets of issue #17.
+BENCH_WITH_OFFICIAL = --tables step,official --official $(CUT) --options defaults
+BENCH_FAST_ARGS ?= $(if $(wildcard $(CUT)),$(BENCH_WITH_OFFICIAL),--tables step) --methods cut,qsattn-global,qsattn-local,qsattn-global-local --sizes 128,256 \
+	--steps 1 --warmup 1 --impl chunked --key-reuse always --flush-denormal on --repeat 3 --device auto
 bench: $(STAMP)
 	$(PY) -m qsattn bench $(BENCH_ARGS)
 	$(PY) -m qsattn bench $(BENCH_SPEED_ARGS)
+	$(PY) -m qsattn bench $(BENCH_FAST_ARGS)
 
 # --- results: Table 1 and plots (results/report.py) -------------------------------------------------------
 # `make report EXPERIMENT=demo`: table (Markdown, CSV, LaTeX) and plots of a sweep's MLflow experiment,

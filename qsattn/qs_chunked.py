@@ -89,31 +89,35 @@ def _window_index(H: int, W: int, window: int, device) -> torch.Tensor:
     return ((y.reshape(1, -1) + dy.reshape(-1, 1)) * Wp + x.reshape(1, -1) + dx.reshape(-1, 1))
 
 
-def unfold_columns(feat: torch.Tensor, pos: torch.Tensor, window: int) -> torch.Tensor:
-    """`F.unfold(feat, window, padding=window//2)[..., pos]` without unfolding the other positions.
+# The keys are built contiguous, in their final layout, straight from the zero-padded map. The naive
+# keys are a strided view of `F.unfold`'s output (positions innermost), which the CPU bmm copies one
+# (k², C) matrix at a time into exactly this layout before its GEMM: the same GEMM operands, hence
+# bitwise the naive logits (tested), without the unfold and the per-matrix gathers (which were most
+# of the local sampler's CPU time).
 
-    feat (B, C, H, W); pos (P,) shared by the batch or (B, P) per image -> (B, C·k², P), channel outer.
-    """
+def _band_keys(padded: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """Keys (B, P, k², C) of every position of a band, from the zero-padded rows it needs (B, C, rows+2r, W+2r)."""
+    B, C = padded.shape[:2]
+    win = padded.unfold(2, window, 1).unfold(3, window, 1)              # (B, C, rows, W, k, k), a view
+    order = (0, 2, 3, 1, 4, 5) if layout == "official" else (0, 2, 3, 4, 5, 1)
+    if layout not in ("official", "corrected"):
+        raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
+    return win.permute(order).reshape(B, win.shape[2] * win.shape[3], window * window, C)
+
+
+def _row_keys(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) -> torch.Tensor:
+    """Keys (B, N, k², C) of the positions ids (B, N), with autograd: one gather from the padded map
+    (its backward is a scatter-add into that small map, not a fold of every window), by an (N·k²)
+    index expanded over the channels, so that autograd keeps O(N·k²) indices, not O(N·k²·C)."""
     B, C, H, W = feat.shape
-    kk, r = window * window, window // 2
+    n, kk, r = ids.shape[1], window * window, window // 2
     padded = F.pad(feat, (r, r, r, r)).flatten(2)                       # (B, C, H'W')
-    index = _window_index(H, W, window, feat.device)                     # (k², HW)
-    if pos.dim() == 1:
-        cols = padded[:, :, index[:, pos]]                               # (B, C, k², P)
-    else:
-        idx = index[:, pos].permute(1, 0, 2).reshape(B, 1, -1)           # (B, 1, k²·P)
-        cols = torch.gather(padded, 2, idx.expand(B, C, -1)).view(B, C, kk, -1)
-    return cols.reshape(B, C * kk, -1)
-
-
-def _keys(cols: torch.Tensor, window: int, layout: str) -> torch.Tensor:
-    """Unfold columns (B, C·k², P) -> keys (B, P, k², C) in `layout` (see `sampler.local_windows`)."""
-    B, ckk, P = cols.shape
-    kk = window * window
-    if layout == "official":
-        return cols.permute(0, 2, 1).reshape(B, P, kk, ckk // kk)
+    index = _window_index(H, W, window, feat.device).t()[ids].reshape(B, -1)  # (B, N·k²) into H'W'
+    cols = torch.gather(padded, 2, index[:, None].expand(B, C, -1)).view(B, C, n, kk)
+    if layout == "official":   # row (c, offset) of the unfold column, read as (k², C)
+        return cols.transpose(1, 2).reshape(B, n, kk, C)
     if layout == "corrected":
-        return cols.reshape(B, ckk // kk, kk, P).permute(0, 3, 2, 1)
+        return cols.permute(0, 2, 3, 1).contiguous()
     raise ValueError(f"unknown local_layout '{layout}' (official | corrected)")
 
 
@@ -132,17 +136,16 @@ def _local_softmax(keys: torch.Tensor, f: torch.Tensor, naive_rows: int) -> torc
 @torch.no_grad()
 def local_entropy(feat: torch.Tensor, window: int, layout: str, chunk: int) -> torch.Tensor:
     """feat (B, C, H, W) -> entropy of each position's local attention, (B, HW), a band of image rows
-    (about `chunk` positions, at least MIN_ROWS) at a time. Each band is `F.unfold` of the zero-padded
-    rows it needs: the naive columns, bitwise, without unfolding the whole map."""
+    (about `chunk` positions, at least MIN_ROWS) at a time, each from the zero-padded rows it needs."""
     B, C, H, W = feat.shape
     r = window // 2
     padded = F.pad(feat, (r, r, r, r))
     rows_per_band = -(-max(chunk, MIN_ROWS) // W)
     out = []
     for band in row_chunks(H, rows_per_band, min_rows=1):                           # >= rows_per_band rows each
-        cols = F.unfold(padded[:, :, band.start:band.stop + 2 * r], window)  # (B, C·k², rows·W)
+        keys = _band_keys(padded[:, :, band.start:band.stop + 2 * r], window, layout)
         f = feat[:, :, band].flatten(2).transpose(1, 2)                  # (B, rows·W, C)
-        out.append(row_entropy(_local_softmax(_keys(cols, window, layout), f, B * H * W)))
+        out.append(row_entropy(_local_softmax(keys, f, B * H * W)))
     return torch.cat(out, dim=1)
 
 
@@ -150,7 +153,7 @@ def local_rows(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str) 
     """Local attention rows of the positions `ids` (B, N), (B, N, k²), with autograd: O(N·k²·C)."""
     flat = feat.flatten(2)                                               # (B, C, HW)
     f = torch.gather(flat, 2, ids[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
-    return _local_softmax(_keys(unfold_columns(feat, ids, window), window, layout), f, f.shape[0] * flat.shape[2])
+    return _local_softmax(_row_keys(feat, ids, window, layout), f, f.shape[0] * flat.shape[2])
 
 
 def local_select(feat: torch.Tensor, n: int, window: int, layout: str, selection: str = "entropy",
@@ -168,10 +171,9 @@ def local_values(feat: torch.Tensor, ids: torch.Tensor, window: int, layout: str
     """Same as `sampler.local_values` (the official layout's patch/channel transpose included)."""
     B, C = feat.shape[:2]
     n, kk = ids.shape[1], window * window
-    cols = unfold_columns(feat, ids, window)                             # (B, C·k², n)
     if layout == "corrected":
-        return _keys(cols, window, layout)
-    picked = cols.transpose(1, 2).contiguous()                           # (B, n, C·k²), as naive gathers it
+        return _row_keys(feat, ids, window, layout)
+    picked = _row_keys(feat, ids, window, layout).view(B, n, C * kk)     # (B, n, C·k²), as naive gathers it
     # the naive op sequence, so that the values also have the naive strides (and matmul rounding)
     num_patches = n if num_patches is None else num_patches
     return picked.permute(0, 2, 1).flatten(0, 1).view(B * num_patches, kk, C).view(B, num_patches, kk, C)

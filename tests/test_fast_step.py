@@ -455,8 +455,9 @@ def test_flush_denormal_acts_on_the_backward_only_and_is_rounding(monkeypatch):
     """QS-Attn local at the small size: the attention's gradient into the key features is partly
     subnormal (what made the CPU step slow); with the option none reaches the encoder, while the
     forward (losses of step 1) is untouched. Later steps may differ: flushing a value below 2^-126 is
-    an absolute rounding, which the GAN amplifies (global at this size: from about step 20), hence
-    the label rounding and off by default."""
+    an absolute rounding, which the GAN amplifies, hence the label rounding and off by default. Whether
+    they do depends on the float path (QS-Attn global at this size, 50 steps: from step 22 with
+    AVX-512 kernels, not within 30 with ATEN_CPU_CAPABILITY=default), so no test pins a difference."""
     counts = _feature_grad_subnormals(monkeypatch)
     plain = _run("qsattn-local", {**PLAIN, "key_reuse": "never"}, steps=3)
     assert sum(counts) > 0
@@ -464,6 +465,4 @@ def test_flush_denormal_acts_on_the_backward_only_and_is_rounding(monkeypatch):
     flush = _run("qsattn-local", {**PLAIN, "key_reuse": "never", "flush_denormal": True}, steps=3)
     assert len(counts) > 0 and sum(counts) == 0
     assert torch.equal(flush[0][0], plain[0][0])
-    assert Config.flush_denormal is False
-    plain, flush = (_run("qsattn-global", {**PLAIN, "flush_denormal": f}, steps=30) for f in (False, True))
-    assert _max_weight_diff(flush[1], plain[1]) > 0 and torch.isfinite(flush[0]).all()
+    assert torch.isfinite(flush[0]).all() and Config.flush_denormal is False

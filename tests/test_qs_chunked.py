@@ -59,12 +59,18 @@ def test_row_chunks_cover_all_rows_and_are_never_short():
             assert all(s.stop - s.start >= min(length, qc.MIN_ROWS) for s in parts)
 
 
-def test_unfold_columns_equal_unfold():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_window_keys_are_the_naive_windows_bitwise(layout):
+    """The chunked keys (a band's from the padded rows, the selected rows' by a gather) are copies of
+    the naive `F.unfold` windows in the same layout: equal bit for bit, and contiguous."""
     feat = features(2, 5, 9, "random")
-    full = torch.nn.functional.unfold(feat, 7, padding=3)
+    full = naive.local_windows(feat, 7, layout)                         # (B, HW, k², C)
+    padded = torch.nn.functional.pad(feat, (3, 3, 3, 3))
+    band = qc._band_keys(padded[:, :, 2:2 + 3 + 6], 7, layout)          # image rows 2-4
+    assert band.is_contiguous() and torch.equal(band, full[:, 18:45])
     ids = torch.tensor([[0, 8, 40, 80], [3, 3, 77, 1]])
-    assert torch.equal(qc.unfold_columns(feat, torch.arange(81), 7), full)
-    assert torch.equal(qc.unfold_columns(feat, ids, 7), torch.stack([full[b][:, ids[b]] for b in range(2)]))
+    rows = qc._row_keys(feat, ids, 7, layout)
+    assert rows.is_contiguous() and torch.equal(rows, gather_rows(full, ids))
 
 
 def _select_route(impl, mode, feat, n, layout, chunk):
@@ -219,6 +225,24 @@ def test_chunked_backward_does_not_keep_the_full_matrix():
     assert saved["naive"] >= HW * HW
     # the features themselves, or the N selected rows (at least MIN_ROWS: global_rows pads short GEMMs)
     assert saved["chunked"] <= max(n, C, qc.MIN_ROWS) * HW
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunked_local_backward_keeps_only_the_selected_windows(layout):
+    """Autograd's saved tensors (by storage, so an expanded index counts once): the chunked local path
+    keeps the selected windows (N·k²·C) and maps of the feature's size, the naive one every window."""
+    C, side, n = 16, 32, 16
+    saved = {}
+    for m in (naive, qc):
+        feat = torch.randn(1, C, side, side, requires_grad=True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.untyped_storage().nbytes()) or t,
+                                                      lambda t: t):
+            ids, attn = m.local_select(feat, n, 7, layout)
+            naive.route_local(attn, m.local_values(feat, ids, 7, layout, n)).sum()
+        saved[m] = max(sizes)
+    assert saved[naive] >= C * 49 * side * side * 4
+    assert saved[qc] <= max(n * 49 * C * 4, C * (side + 6) ** 2 * 4)
 
 
 @pytest.mark.float_paths

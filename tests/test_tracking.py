@@ -290,7 +290,8 @@ def test_the_experiment_is_set_up_for_comparing_runs(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     t = Tracker(uri, "cmp", "cut · synthetic · s0", tmp_path / "r", tags={"method": "cut", "dataset": "synthetic",
                                                                           "seed": "0", "variant": "base"})
-    t.log_metrics({"gt_score_last": 0.5, "fid_last": 30.0, "NCE": 1.0, "checkpoint_fid": 3.0, "fid_best": 29.0}, 0)
+    t.log_metrics({"gt_score_last": 0.5, "fid_clean_last": 30.0, "NCE": 1.0, "checkpoint_fid": 3.0,
+                   "fid_clean_best": 29.0}, 0)
     t.add_view_metrics()
     t.finish("FINISHED")
     client = open_client(uri)
@@ -299,7 +300,8 @@ def test_the_experiment_is_set_up_for_comparing_runs(tmp_path):
     assert "method · dataset · seed" in exp.tags["mlflow.note.content"]
     view = json.loads(exp.tags["mlflow.sharedViewState.qsattn"])
     assert view["selectedColumns"] == ["tags.`method`", "tags.`dataset`", "tags.`seed`", "tags.`variant`",
-                                       "metrics.`fid_last`", "metrics.`fid_best`", "metrics.`gt_score_last`"]
+                                       "metrics.`fid_clean_last`", "metrics.`fid_clean_best`",
+                                       "metrics.`gt_score_last`"]
     assert view["columnOrder"] == view["selectedColumns"]  # tags before metrics
     assert view_url("http://h:5", exp.experiment_id) == (f"http://h:5/#/experiments/{exp.experiment_id}/runs"
                                                          "?viewStateShareKey=qsattn&workflowType=machine_learning")

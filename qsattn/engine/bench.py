@@ -457,7 +457,9 @@ def cases(args, device: str) -> list[dict]:
                     out.append(dict(common, table=table, method="cut", size=size, dtype="fp32", impl="-",
                                     variant=variant, label=label, overrides=overrides))
         elif table == "packing":
-            overrides = dict(item.split("=", 1) for item in args.set.split(",") if item.strip())
+            from qsattn.engine.config import split_key_value
+
+            overrides = dict(split_key_value(item, "--set item") for item in args.set.split(",") if item.strip())
             for size in sizes:
                 for method in fast_methods:
                     for k in [int(c) for c in args.cells.split(",")]:

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from eval.registry import PRIMARY, VALUES
 from qsattn.engine.run_folder import RunFolder
 
 log = logging.getLogger("qsattn.engine.tracking")
@@ -36,8 +37,9 @@ FINISH_WAIT_S = 60.0  # how long finish() waits for a slow but answering store; 
 KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's "ML training"
 VIEW_KEY = "qsattn"  # the experiment's shared view: mlflow.sharedViewState.<VIEW_KEY>, ?viewStateShareKey=
 VIEW_TAGS = ("method", "dataset", "seed", "variant")
-# evaluation results as pipeline.evaluate_run logs them (<metric>_last, <metric>_best); these first
-PRIMARY_FIRST = ("fid_clean", "fid_legacy_pytorch", "fid", "kid", "gt_score", "mAP", "mIoU")
+# evaluation results as pipeline.evaluate_run logs them (<metric>_last, <metric>_best); these first: the
+# metric registry's primary values, each followed by those read at its best checkpoint (KID after its FID)
+PRIMARY_FIRST = tuple(n for p in PRIMARY for n in (p, *(v.name for v in VALUES.values() if v.at == p)))
 SWEEP_KIND = "sweep"  # qsattn.kind tag of a sweep-level run (the report's artifacts)
 
 
