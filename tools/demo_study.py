@@ -55,6 +55,7 @@ CANDIDATES: dict[str, dict] = {  # the rows of docs/demo.md's study table
                   qs_layers="1,2", n_epochs=8, n_epochs_decay=4, fastcut=dict(n_epochs=8, n_epochs_decay=4),
                   **_PLAIN),
     "c2Lh1": dict(texture=6, stripe_scale=2, shape_scale=1.4, hint=0.1, **_DEEP, **_PLAIN),
+    "c2Ln4": dict(texture=6, stripe_scale=2, shape_scale=1.4, lambda_NCE=4, **_DEEP, **_PLAIN),
 }
 
 
