@@ -42,12 +42,16 @@ def softmax_bound(keys: torch.Tensor, q: torch.Tensor):
     """keys (R, K, C), q (R, C) float32 -> exact a (R, K) float64 and the bound of step 2 on |â − a|."""
     terms = keys.double() * q.double()[:, None, :]
     s = terms.sum(-1)
-    sigma = gamma(keys.shape[-1]) * terms.abs().sum(-1)
-    d = s - s.max(-1, keepdim=True).values
-    lam = sigma + U * d.abs() + 2 * U
-    ell = lam + lam.max(-1, keepdim=True).values + gamma(keys.shape[1]) + 2 * U
     a = torch.softmax(s, dim=-1)
-    return a, a * torch.expm1(ell) + TINY
+    return a, _softmax_error(s, a, gamma(keys.shape[-1]) * terms.abs().sum(-1), -1)
+
+
+def _softmax_error(s: torch.Tensor, a: torch.Tensor, sigma, dim: int) -> torch.Tensor:
+    """Step 2: the bound on |â − a| of a softmax over `dim` of logits s known to within sigma."""
+    d = s - s.amax(dim, keepdim=True)
+    lam = sigma + U * d.abs() + 2 * U
+    ell = lam + lam.amax(dim, keepdim=True) + gamma(s.shape[dim]) + 2 * U
+    return a * torch.expm1(ell) + TINY
 
 
 def _t(x: torch.Tensor) -> torch.Tensor:
@@ -120,10 +124,14 @@ def _arg(args, kwargs, i, name, default=None):
     return args[i] if len(args) > i else kwargs.get(name, default)
 
 
+_ADDITIVE = ("add", "__add__", "__radd__", "sub", "__sub__", "__rsub__")
+_MULTIPLICATIVE = ("mul", "__mul__", "__rmul__", "div", "__truediv__", "__rtruediv__")
+
+
 def _elementwise(out, args, kwargs, name):
     r = U * out.abs()
     scalars = [a for a in args if isinstance(a, float)]
-    if name.strip("_").lstrip("ri") in ("add", "sub"):
+    if name in _ADDITIVE:
         return r + sum(U * abs(s) for s in scalars)          # c rounds to float32 by at most u|c|
     return r + (U * out.abs() if scalars else 0)              # × or ÷ by a rounded c: relative u more
 
@@ -167,11 +175,7 @@ def _instance_norm(out, args, kwargs, name):
 
 def _softmax(out, args, kwargs, name):
     """Step 2 of the module docstring with exact logits (their errors are the earlier ops')."""
-    x, dim = args[0], _arg(args, kwargs, 1, "dim")
-    d = x - x.amax(dim, keepdim=True)
-    lam = U * d.abs() + 2 * U
-    ell = lam + lam.amax(dim, keepdim=True) + gamma(x.shape[dim]) + 2 * U
-    return out.abs() * torch.expm1(ell) + TINY
+    return _softmax_error(args[0], out.abs(), 0.0, _arg(args, kwargs, 1, "dim"))
 
 
 def _cross_entropy(out, args, kwargs, name):
@@ -199,8 +203,7 @@ def _mse(out, args, kwargs, name):
 
 _RULES = {}
 for _names, _rule in (
-        (("add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "mul", "__mul__", "__rmul__",
-          "div", "__truediv__", "__rtruediv__"), _elementwise),
+        (_ADDITIVE + _MULTIPLICATIVE, _elementwise),
         (("sum", "mean"), _reduction),
         (("conv2d", "conv_transpose2d", "linear", "bmm", "mm", "matmul"), _contraction),
         (("instance_norm",), _instance_norm), (("softmax",), _softmax), (("cross_entropy",), _cross_entropy),
@@ -215,7 +218,7 @@ _EXACT = {"__get__", "__getitem__", "view", "reshape", "flatten", "unflatten", "
           "cat", "stack", "pad", "unfold", "relu", "relu_", "masked_fill", "where", "gather", "index_select",
           "narrow", "select", "split", "chunk", "flip", "repeat", "max", "amax", "min", "amin", "sort", "topk",
           "argsort", "eye", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "new_zeros", "new_full",
-          "__neg__", "neg", "abs", "isinf", "isfinite", "dim", "size", "numel", "__len__", "__iter__"}
+          "__neg__", "neg", "abs"}
 
 
 class FirstOrderBound(torch.overrides.TorchFunctionMode):
